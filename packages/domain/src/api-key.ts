@@ -1,0 +1,156 @@
+import { DomainError } from "./errors";
+import { assertNever, type KeyEvent, type RevocationReason } from "./events";
+import { type MemberRole, type Permission, permissionsNotGrantable } from "./permissions";
+
+/** What a key stream folds into. A stream can hold several lifetimes of one name (create, revoke, create). */
+export type ApiKeyState =
+  | { status: "absent" }
+  | {
+      status: "active" | "revoked";
+      keyId: string;
+      organizationId: string;
+      userId: string;
+      name: string;
+      keyHash: string;
+      permissions: Permission[];
+      createdAt: string;
+      expiresAt: string | null;
+      lastUsedAt: string | null;
+    };
+
+export const initialApiKeyState: ApiKeyState = { status: "absent" };
+
+export type CreateKey = {
+  type: "CreateKey";
+  data: {
+    keyId: string;
+    organizationId: string;
+    userId: string;
+    name: string;
+    keyHash: string;
+    maskedValue: string;
+    permissions: Permission[];
+    expiresAt: Date | null;
+    grantor: { role: MemberRole; permissions: Permission[] };
+    now: Date;
+  };
+};
+
+export type RevokeKey = { type: "RevokeKey"; data: { reason: RevocationReason; now: Date } };
+
+export type RecordKeyUse = { type: "RecordKeyUse"; data: { usedAt: Date; throttleMs: number } };
+
+export type ApiKeyCommand = CreateKey | RevokeKey | RecordKeyUse;
+
+export function decideApiKey(command: ApiKeyCommand, state: ApiKeyState): KeyEvent[] {
+  switch (command.type) {
+    case "CreateKey": {
+      const c = command.data;
+      if (c.expiresAt !== null && c.expiresAt.getTime() <= c.now.getTime()) {
+        throw new DomainError("EXPIRY_IN_PAST", "expiresAt must be in the future");
+      }
+      const permissions = [...new Set(c.permissions)];
+      const denied = permissionsNotGrantable(c.grantor, permissions);
+      if (denied.length > 0) {
+        throw new DomainError(
+          "PERMISSIONS_NOT_GRANTABLE",
+          `Insufficient permissions for assigning: ${denied.join(", ")}`,
+          denied,
+        );
+      }
+      if (state.status === "active") {
+        throw new DomainError("KEY_NAME_TAKEN", "API key with this name already exists");
+      }
+      return [
+        {
+          type: "KeyCreated",
+          data: {
+            keyId: c.keyId,
+            organizationId: c.organizationId,
+            userId: c.userId,
+            name: c.name,
+            keyHash: c.keyHash,
+            maskedValue: c.maskedValue,
+            permissions,
+            createdAt: c.now.toISOString(),
+            expiresAt: c.expiresAt === null ? null : c.expiresAt.toISOString(),
+          },
+        },
+      ];
+    }
+    case "RevokeKey": {
+      if (state.status !== "active") throw new DomainError("KEY_NOT_FOUND", "API key not found");
+      return [
+        {
+          type: "KeyRevoked",
+          data: {
+            keyId: state.keyId,
+            organizationId: state.organizationId,
+            userId: state.userId,
+            name: state.name,
+            keyHash: state.keyHash,
+            reason: command.data.reason,
+            revokedAt: command.data.now.toISOString(),
+          },
+        },
+      ];
+    }
+    case "RecordKeyUse": {
+      if (state.status !== "active") return [];
+      const { usedAt, throttleMs } = command.data;
+      if (state.expiresAt !== null && Date.parse(state.expiresAt) <= usedAt.getTime()) return [];
+      if (state.lastUsedAt !== null && usedAt.getTime() - Date.parse(state.lastUsedAt) < throttleMs) {
+        return [];
+      }
+      return [
+        {
+          type: "KeyUsed",
+          data: {
+            keyId: state.keyId,
+            organizationId: state.organizationId,
+            userId: state.userId,
+            name: state.name,
+            usedAt: usedAt.toISOString(),
+          },
+        },
+      ];
+    }
+    default:
+      return assertNever(command);
+  }
+}
+
+export function evolveApiKey(state: ApiKeyState, event: KeyEvent): ApiKeyState {
+  switch (event.type) {
+    case "KeyCreated": {
+      const d = event.data;
+      return {
+        status: "active",
+        keyId: d.keyId,
+        organizationId: d.organizationId,
+        userId: d.userId,
+        name: d.name,
+        keyHash: d.keyHash,
+        permissions: d.permissions,
+        createdAt: d.createdAt,
+        expiresAt: d.expiresAt,
+        lastUsedAt: null,
+      };
+    }
+    case "KeyRevoked":
+      if (state.status === "absent" || state.keyId !== event.data.keyId) return state;
+      return { ...state, status: "revoked" };
+    case "KeyUsed":
+      if (state.status === "absent" || state.keyId !== event.data.keyId) return state;
+      if (state.lastUsedAt !== null && state.lastUsedAt >= event.data.usedAt) return state;
+      return { ...state, lastUsedAt: event.data.usedAt };
+    default:
+      return assertNever(event);
+  }
+}
+
+/** Whether a key as folded is usable at `now`. */
+export function isKeyUsable(state: ApiKeyState, now: Date): boolean {
+  if (state.status !== "active") return false;
+  return state.expiresAt === null || Date.parse(state.expiresAt) > now.getTime();
+}

@@ -1,0 +1,6 @@
+export * from "./api-key";
+export * from "./errors";
+export * from "./events";
+export * from "./key-format";
+export * from "./member";
+export * from "./permissions";

@@ -1,0 +1,185 @@
+import { randomUUID } from "node:crypto";
+import type { EventMetadata, KeyledgerEvent } from "@keyledger/domain";
+import { type Kysely, sql } from "kysely";
+import type { EventStoreTables } from "./schema";
+
+/** An event as stored in the log. Positions are bigint strings as Postgres returns them. */
+export type RecordedEvent<E extends KeyledgerEvent = KeyledgerEvent> = E & {
+  eventId: string;
+  streamId: string;
+  streamVersion: number;
+  globalPosition: string;
+  transactionId: string;
+  occurredAt: Date;
+  metadata: EventMetadata;
+};
+
+/** Where a reader of the whole log has got to: the last (transaction id, global position) it handled. */
+export type LogCheckpoint = { transactionId: string; globalPosition: string };
+export const LOG_START: LogCheckpoint = { transactionId: "0", globalPosition: "0" };
+
+/** Another writer appended to the stream since it was read. Retry the command with fresh state. */
+export class StreamVersionConflict extends Error {
+  constructor(readonly streamId: string) {
+    super(`stream ${streamId} was changed concurrently`);
+    this.name = "StreamVersionConflict";
+  }
+}
+
+type EventStoreDb = Kysely<EventStoreTables>;
+
+type EventRow = {
+  global_position: string;
+  transaction_id: string;
+  event_id: string;
+  stream_id: string;
+  stream_version: number;
+  event_type: string;
+  data: unknown;
+  metadata: unknown;
+  occurred_at: Date;
+};
+
+export function toRecordedEvent(row: EventRow): RecordedEvent {
+  return {
+    type: row.event_type,
+    data: row.data,
+    eventId: row.event_id,
+    streamId: row.stream_id,
+    streamVersion: row.stream_version,
+    globalPosition: String(row.global_position),
+    transactionId: String(row.transaction_id),
+    occurredAt: row.occurred_at,
+    metadata: row.metadata as EventMetadata,
+  } as RecordedEvent;
+}
+
+function isUniqueViolationOn(error: unknown, constraint: string): boolean {
+  const e = error as { code?: string; constraint?: string; message?: string } | null;
+  return e?.code === "23505" && (e.constraint === constraint || (e.message ?? "").includes(constraint));
+}
+
+/**
+ * Appends events to one stream, expecting it to be at `expectedVersion` (0 = new stream). Call it inside the
+ * command's transaction; a concurrent append to the same stream makes it throw `StreamVersionConflict`.
+ */
+export async function appendToStream<E extends KeyledgerEvent>(
+  trx: Kysely<unknown>,
+  streamId: string,
+  expectedVersion: number,
+  events: readonly E[],
+  metadata: EventMetadata,
+  occurredAt: Date = new Date(),
+): Promise<RecordedEvent<E>[]> {
+  if (events.length === 0) return [];
+  const db = trx as unknown as EventStoreDb;
+  const rows = events.map((event, i) => ({
+    event_id: randomUUID(),
+    stream_id: streamId,
+    stream_version: expectedVersion + i + 1,
+    event_type: event.type,
+    data: JSON.stringify(event.data),
+    metadata: JSON.stringify(metadata),
+    occurred_at: occurredAt,
+  }));
+  try {
+    const inserted = await db
+      .insertInto("events")
+      .values(rows)
+      .returning([
+        "global_position",
+        "transaction_id",
+        "event_id",
+        "stream_id",
+        "stream_version",
+        "event_type",
+        "data",
+        "metadata",
+        "occurred_at",
+      ])
+      .execute();
+    return inserted.map((row) => toRecordedEvent(row as EventRow)) as RecordedEvent<E>[];
+  } catch (error) {
+    if (isUniqueViolationOn(error, "events_stream_version_unique")) throw new StreamVersionConflict(streamId);
+    throw error;
+  }
+}
+
+/** Wakes readers of the whole log (projector, relay) when the transaction commits. */
+export async function notifyAppended(trx: Kysely<unknown>, channel = "keyledger_events"): Promise<void> {
+  await sql`SELECT pg_notify(${channel}, '')`.execute(trx);
+}
+
+export type StreamRead = { version: number; events: RecordedEvent[] };
+
+/**
+ * Reads one stream in version order. `skipTypes` leaves out events that do not change decisions (e.g. `KeyUsed`),
+ * while `version` still reports the stream's last version.
+ */
+export async function readStream(
+  db: Kysely<unknown>,
+  streamId: string,
+  options: { skipTypes?: readonly string[] } = {},
+): Promise<StreamRead> {
+  const store = db as unknown as EventStoreDb;
+  let query = store.selectFrom("events").selectAll().where("stream_id", "=", streamId);
+  if (options.skipTypes && options.skipTypes.length > 0) {
+    query = query.where("event_type", "not in", [...options.skipTypes]);
+  }
+  const [rows, last] = await Promise.all([
+    query.orderBy("stream_version").execute(),
+    store
+      .selectFrom("events")
+      .select((eb) => eb.fn.max("stream_version").as("version"))
+      .where("stream_id", "=", streamId)
+      .executeTakeFirst(),
+  ]);
+  return {
+    version: Number(last?.version ?? 0),
+    events: rows.map((row) => toRecordedEvent(row as EventRow)),
+  };
+}
+
+/**
+ * Reads the whole log after `checkpoint`, in commit-safe order: only events of transactions older than every
+ * transaction still running, ordered by (transaction id, global position). An event whose transaction commits
+ * after a higher position was read is therefore still returned later, never skipped.
+ */
+export async function readAllAfter(
+  db: Kysely<unknown>,
+  checkpoint: LogCheckpoint,
+  limit = 500,
+): Promise<RecordedEvent[]> {
+  const result = await sql<EventRow>`
+    SELECT global_position, transaction_id, event_id, stream_id, stream_version, event_type, data, metadata,
+           occurred_at
+      FROM events
+     WHERE (transaction_id, global_position) > (${checkpoint.transactionId}::xid8, ${checkpoint.globalPosition}::bigint)
+       AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY transaction_id, global_position
+     LIMIT ${limit}`.execute(db);
+  return result.rows.map(toRecordedEvent);
+}
+
+export function checkpointOf(event: RecordedEvent): LogCheckpoint {
+  return { transactionId: event.transactionId, globalPosition: event.globalPosition };
+}
+
+export async function loadCheckpoint(db: Kysely<unknown>, name: string): Promise<LogCheckpoint> {
+  const row = await (db as unknown as EventStoreDb)
+    .selectFrom("checkpoints")
+    .select(["transaction_id", "global_position"])
+    .where("name", "=", name)
+    .executeTakeFirst();
+  return row ? { transactionId: String(row.transaction_id), globalPosition: String(row.global_position) } : LOG_START;
+}
+
+/** Stores a reader's checkpoint; call it in the same transaction as the reader's own writes. */
+export async function storeCheckpoint(trx: Kysely<unknown>, name: string, checkpoint: LogCheckpoint): Promise<void> {
+  await sql`
+    INSERT INTO checkpoints (name, transaction_id, global_position, updated_at)
+    VALUES (${name}, ${checkpoint.transactionId}::xid8, ${checkpoint.globalPosition}::bigint, now())
+    ON CONFLICT (name) DO UPDATE
+      SET transaction_id = EXCLUDED.transaction_id, global_position = EXCLUDED.global_position,
+          updated_at = now()`.execute(trx);
+}

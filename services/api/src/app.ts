@@ -1,0 +1,84 @@
+import { randomUUID } from "node:crypto";
+import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
+import type { Kysely } from "kysely";
+import { KeyCommands, type OnCommitted } from "./commands/key-commands";
+import { KeyUsageRecorder } from "./key-usage-recorder";
+import authentication from "./plugins/app/authentication";
+import errorHandler from "./plugins/external/error-handler";
+import openapi from "./plugins/external/openapi";
+import apiKeyRoutes from "./routes/api-keys/index";
+import { ErrorSchema, PermissionSchema } from "./routes/api-keys/schemas";
+import healthRoutes from "./routes/health/index";
+import internalMemberRoutes from "./routes/internal/members";
+
+export type AppOptions = {
+  db: Kysely<unknown>;
+  oidc: { issuer: string; jwksUrl: string; audience: string | undefined };
+  internalApiToken: string | undefined;
+  keyUsedThrottleMs: number;
+  bodyLimitBytes: number;
+  logger: FastifyServerOptions["logger"];
+  onCommitted?: OnCommitted;
+};
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Paths that never appear in logs with their secrets: tokens and key values. */
+export const LOG_REDACTIONS = [
+  "req.headers.authorization",
+  "headers.authorization",
+  "authorization",
+  "value",
+  "*.value",
+  "token",
+  "*.token",
+];
+
+export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: options.logger,
+    bodyLimit: options.bodyLimitBytes,
+    requestIdHeader: "x-request-id",
+    genReqId: (req) => {
+      const given = req.headers["x-request-id"];
+      return typeof given === "string" && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    routerOptions: { maxParamLength: 1024, ignoreDuplicateSlashes: false },
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  const commands = new KeyCommands(options.db, options.onCommitted);
+  const usage = new KeyUsageRecorder(commands, options.keyUsedThrottleMs, app.log);
+
+  // JSON with prototype-poisoning protection, and an empty body (a DELETE with a JSON content type) as no body.
+  const parseJson = app.getDefaultJsonParser("error", "error");
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (request, body, done) => {
+    const text = body.toString();
+    if (text.trim() === "") return done(null, undefined);
+    parseJson(request, text, done);
+  });
+  app.addSchema(PermissionSchema);
+  app.addSchema(ErrorSchema);
+  app.addHook("onSend", async (request, reply) => {
+    reply.header("x-request-id", request.id);
+  });
+  app.addHook("onClose", async () => {
+    await usage.flush();
+  });
+
+  await app.register(errorHandler);
+  await app.register(openapi);
+  await app.register(authentication, {
+    db: options.db,
+    oidc: options.oidc,
+    onApiKeyUsed: (key, request) => usage.record(key, request.id),
+  });
+  await app.register(healthRoutes, { db: options.db });
+  await app.register(apiKeyRoutes, { prefix: "/api", db: options.db, commands });
+  if (options.internalApiToken !== undefined) {
+    await app.register(internalMemberRoutes, { commands, internalApiToken: options.internalApiToken });
+  }
+  return app;
+}

@@ -1,0 +1,223 @@
+import {
+  type ApiKeyCommand,
+  type ApiKeyState,
+  decideApiKey,
+  decideMember,
+  type EventMetadata,
+  evolveApiKey,
+  evolveMember,
+  initialApiKeyState,
+  initialMemberState,
+  type KeyEvent,
+  type KeyledgerEvent,
+  keyStreamId,
+  type MemberCommand,
+  type MemberState,
+  memberStreamId,
+  type Permission,
+  type RevocationReason,
+  revocationReasonAfterAccessChange,
+} from "@keyledger/domain";
+import {
+  appendToStream,
+  notifyAppended,
+  type RecordedEvent,
+  readStream,
+  StreamVersionConflict,
+} from "@keyledger/event-store";
+import { applyToReadModel, type ReadModelTables } from "@keyledger/projections";
+import { type Kysely, sql } from "kysely";
+import { invalidAuthContext } from "../http-errors";
+import { findMember } from "../read-model-queries";
+
+const MAX_ATTEMPTS = 5;
+
+/** Called after a command's transaction commits, with the events it appended (e.g. to publish them). */
+export type OnCommitted = (events: RecordedEvent[]) => void;
+
+export type CommandContext = { metadata: EventMetadata; now: Date };
+
+type Db = Kysely<unknown>;
+
+async function loadApiKey(
+  trx: Db,
+  streamId: string,
+  withLastUse: boolean,
+): Promise<{ state: ApiKeyState; version: number }> {
+  const { version, events } = await readStream(trx, streamId, { skipTypes: ["KeyUsed"] });
+  let state = events.reduce((s, e) => evolveApiKey(s, e as KeyEvent), initialApiKeyState);
+  if (withLastUse && state.status !== "absent") {
+    const last = await sql<{ data: KeyEvent["data"] }>`
+      SELECT data FROM events
+       WHERE stream_id = ${streamId} AND event_type = 'KeyUsed'
+       ORDER BY stream_version DESC LIMIT 1`.execute(trx);
+    const lastUse = last.rows[0]?.data;
+    if (lastUse && "usedAt" in lastUse) state = evolveApiKey(state, { type: "KeyUsed", data: lastUse });
+  }
+  return { state, version };
+}
+
+async function loadMember(trx: Db, streamId: string): Promise<{ state: MemberState; version: number }> {
+  const { version, events } = await readStream(trx, streamId);
+  const state = events.reduce(
+    (s, e) => (e.type === "MemberAccessChanged" || e.type === "MemberRemoved" ? evolveMember(s, e) : s),
+    initialMemberState,
+  );
+  return { state, version };
+}
+
+/**
+ * The write side: each command loads its streams, lets the domain decide, and appends the events together with
+ * the read-model changes in one transaction. A concurrent append to the same stream retries with fresh state.
+ */
+export class KeyCommands {
+  constructor(
+    private readonly db: Db,
+    private readonly onCommitted: OnCommitted = () => {},
+  ) {}
+
+  private async run<T>(work: (trx: Db, appended: RecordedEvent[]) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const appended: RecordedEvent[] = [];
+      try {
+        const result = await this.db.transaction().execute((trx) => work(trx, appended));
+        if (appended.length > 0) this.onCommitted(appended);
+        return result;
+      } catch (error) {
+        if (error instanceof StreamVersionConflict && attempt < MAX_ATTEMPTS) continue;
+        throw error;
+      }
+    }
+  }
+
+  private async append(
+    trx: Db,
+    appended: RecordedEvent[],
+    streamId: string,
+    expectedVersion: number,
+    events: KeyledgerEvent[],
+    context: CommandContext,
+  ): Promise<void> {
+    if (events.length === 0) return;
+    const recorded = await appendToStream(trx, streamId, expectedVersion, events, context.metadata, context.now);
+    for (const event of recorded) await applyToReadModel(trx, event);
+    if (appended.length === 0) await notifyAppended(trx);
+    appended.push(...recorded);
+  }
+
+  private async decideOnKey(
+    trx: Db,
+    appended: RecordedEvent[],
+    streamId: string,
+    command: ApiKeyCommand,
+    context: CommandContext,
+  ): Promise<KeyEvent[]> {
+    const { state, version } = await loadApiKey(trx, streamId, command.type === "RecordKeyUse");
+    const events = decideApiKey(command, state);
+    await this.append(trx, appended, streamId, version, events, context);
+    return events;
+  }
+
+  /** Creates a key for the caller. The grantor's access is read under a share lock, so a concurrent downgrade waits. */
+  createApiKey(
+    input: {
+      keyId: string;
+      organizationId: string;
+      userId: string;
+      name: string;
+      keyHash: string;
+      maskedValue: string;
+      permissions: Permission[];
+      expiresAt: Date | null;
+    },
+    context: CommandContext,
+  ): Promise<KeyEvent> {
+    return this.run(async (trx, appended) => {
+      const grantor = await findMember(trx, input.organizationId, input.userId, "share");
+      if (!grantor) throw invalidAuthContext();
+      const streamId = keyStreamId(input.organizationId, input.userId, input.name);
+      const [created] = await this.decideOnKey(
+        trx,
+        appended,
+        streamId,
+        { type: "CreateKey", data: { ...input, grantor, now: context.now } },
+        context,
+      );
+      return created as KeyEvent;
+    });
+  }
+
+  revokeApiKey(
+    key: { organizationId: string; userId: string; name: string },
+    reason: RevocationReason,
+    context: CommandContext,
+  ): Promise<void> {
+    return this.run(async (trx, appended) => {
+      const streamId = keyStreamId(key.organizationId, key.userId, key.name);
+      await this.decideOnKey(
+        trx,
+        appended,
+        streamId,
+        { type: "RevokeKey", data: { reason, now: context.now } },
+        context,
+      );
+    });
+  }
+
+  /** Appends `KeyUsed` unless the key was used within `throttleMs`; returns whether it did. */
+  recordKeyUse(
+    key: { organizationId: string; userId: string; name: string },
+    throttleMs: number,
+    context: CommandContext,
+  ): Promise<boolean> {
+    return this.run(async (trx, appended) => {
+      const streamId = keyStreamId(key.organizationId, key.userId, key.name);
+      const events = await this.decideOnKey(
+        trx,
+        appended,
+        streamId,
+        { type: "RecordKeyUse", data: { usedAt: context.now, throttleMs } },
+        context,
+      );
+      return events.length > 0;
+    });
+  }
+
+  /**
+   * Sets or removes a member's access and, in the same transaction, revokes every live key of theirs in the
+   * organization that the new access no longer covers.
+   */
+  changeMember(command: MemberCommand, context: CommandContext): Promise<{ revokedKeys: string[] }> {
+    return this.run(async (trx, appended) => {
+      const { organizationId, userId } = command.data;
+      await findMember(trx, organizationId, userId, "update");
+      const streamId = memberStreamId(organizationId, userId);
+      const { state, version } = await loadMember(trx, streamId);
+      const events = decideMember(command, state);
+      if (events.length === 0) return { revokedKeys: [] };
+      await this.append(trx, appended, streamId, version, events, context);
+      const after = events.reduce(evolveMember, state);
+      const liveKeys = await (trx as unknown as Kysely<ReadModelTables>)
+        .selectFrom("api_keys")
+        .select(["name", "permissions"])
+        .where("organization_id", "=", organizationId)
+        .where("user_id", "=", userId)
+        .where("revoked_at", "is", null)
+        .execute();
+      const revokedKeys: string[] = [];
+      for (const key of liveKeys) {
+        const reason = revocationReasonAfterAccessChange(after, key.permissions as Permission[]);
+        if (reason === null) continue;
+        await this.decideOnKey(
+          trx,
+          appended,
+          keyStreamId(organizationId, userId, key.name),
+          { type: "RevokeKey", data: { reason, now: context.now } },
+          context,
+        );
+        revokedKeys.push(key.name);
+      }
+      return { revokedKeys };
+    });
+  }
+}

@@ -1,0 +1,4 @@
+export * from "./app";
+export * from "./commands/key-commands";
+export * from "./config";
+export * from "./database";

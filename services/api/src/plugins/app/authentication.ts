@@ -1,0 +1,134 @@
+import { hashKeyValue, isWellFormedKey, type MemberRole, type Permission } from "@keyledger/domain";
+import type { FastifyInstance, FastifyRequest } from "fastify";
+import fp from "fastify-plugin";
+import { createRemoteJWKSet, type JWTVerifyGetKey, jwtVerify } from "jose";
+import type { Kysely } from "kysely";
+import { ApiError, invalidAuthContext, invalidCredentials } from "../../http-errors";
+import { type ApiKeyRow, findApiKeyByHash, findMember } from "../../read-model-queries";
+
+export type JwtAuthContext = {
+  method: "jwt";
+  userId: string;
+  organizationId: string;
+  role: MemberRole;
+  memberPermissions: Permission[];
+};
+
+export type ApiKeyAuthContext = {
+  method: "api_key";
+  userId: string;
+  organizationId: string;
+  key: ApiKeyRow;
+};
+
+export type AuthContext = JwtAuthContext | ApiKeyAuthContext;
+
+/** Which credential a route takes. Routes without it are public (health, docs). */
+export type RouteAuth = "jwt" | "api_key";
+
+declare module "fastify" {
+  interface FastifyRequest {
+    auth: AuthContext | null;
+  }
+  interface FastifyContextConfig {
+    auth?: RouteAuth;
+  }
+}
+
+export type AuthenticationOptions = {
+  db: Kysely<unknown>;
+  oidc: { issuer: string; jwksUrl: string; audience: string | undefined };
+  /** Called after a successful API-key authentication (records `KeyUsed`, throttled). */
+  onApiKeyUsed: (key: ApiKeyRow, request: FastifyRequest) => void;
+};
+
+const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+export const ORGANIZATION_HEADER = "x-daytona-organization-id";
+
+function bearerToken(request: FastifyRequest): string {
+  const header = request.headers.authorization;
+  if (typeof header !== "string") throw invalidCredentials();
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  if (!match?.[1]) throw invalidCredentials();
+  return match[1];
+}
+
+/**
+ * Authenticates `Authorization: Bearer` for routes that declare `config.auth`. A JWT-shaped token is verified
+ * against the issuer's JWKS and its organization comes from `X-Daytona-Organization-ID`; anything else is an API
+ * key, looked up by its hash, whose organization is its own. A credential of the other kind is rejected with 401.
+ */
+export default fp(
+  async (app: FastifyInstance, options: AuthenticationOptions) => {
+    const jwks: JWTVerifyGetKey = createRemoteJWKSet(new URL(options.oidc.jwksUrl), {
+      timeoutDuration: 5000,
+      cooldownDuration: 30_000,
+    });
+
+    async function authenticateJwt(request: FastifyRequest, token: string): Promise<JwtAuthContext> {
+      let userId: string;
+      try {
+        const { payload } = await jwtVerify(token, jwks, {
+          issuer: options.oidc.issuer,
+          audience: options.oidc.audience,
+          algorithms: ["RS256", "ES256"],
+          requiredClaims: ["sub"],
+        });
+        if (typeof payload.sub !== "string" || payload.sub.length === 0) throw new Error("no subject");
+        userId = payload.sub;
+      } catch (error) {
+        request.log.info({ reason: (error as Error).name }, "JWT rejected");
+        throw invalidCredentials();
+      }
+      const organizationId = request.headers[ORGANIZATION_HEADER];
+      if (typeof organizationId !== "string" || organizationId.length === 0 || organizationId.length > 255) {
+        throw invalidAuthContext();
+      }
+      const member = await findMember(options.db, organizationId, userId);
+      if (!member) throw invalidAuthContext();
+      return {
+        method: "jwt",
+        userId,
+        organizationId,
+        role: member.role,
+        memberPermissions: member.permissions,
+      };
+    }
+
+    async function authenticateApiKey(token: string): Promise<ApiKeyAuthContext> {
+      if (!isWellFormedKey(token)) throw invalidCredentials();
+      const key = await findApiKeyByHash(options.db, hashKeyValue(token));
+      if (!key || key.revoked_at !== null) throw invalidCredentials();
+      if (key.expires_at !== null && key.expires_at.getTime() <= Date.now()) throw invalidCredentials();
+      return { method: "api_key", userId: key.user_id, organizationId: key.organization_id, key };
+    }
+
+    app.decorateRequest("auth", null);
+    app.addHook("onRequest", async (request) => {
+      const required = request.routeOptions.config.auth;
+      if (required === undefined) return;
+      const token = bearerToken(request);
+      const looksLikeJwt = JWT_SHAPE.test(token);
+      if (required === "jwt") {
+        if (!looksLikeJwt) throw invalidCredentials();
+        request.auth = await authenticateJwt(request, token);
+      } else {
+        if (looksLikeJwt) throw invalidCredentials();
+        const auth = await authenticateApiKey(token);
+        request.auth = auth;
+        options.onApiKeyUsed(auth.key, request);
+      }
+    });
+  },
+  { name: "authentication" },
+);
+
+export function requireJwt(request: FastifyRequest): JwtAuthContext {
+  if (request.auth?.method !== "jwt") throw new ApiError(401, "Invalid credentials");
+  return request.auth;
+}
+
+export function requireApiKey(request: FastifyRequest): ApiKeyAuthContext {
+  if (request.auth?.method !== "api_key") throw new ApiError(401, "Invalid credentials");
+  return request.auth;
+}
