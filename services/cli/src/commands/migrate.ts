@@ -1,0 +1,25 @@
+import { createPostgresDatabase } from "@keyledger/api";
+import { runMigrations } from "@keyledger/event-store";
+import { type CliCommand, parseFlags, UsageError } from "../command";
+
+export const migrateCommand: CliCommand = {
+  name: "migrate",
+  summary: "apply the SQL migrations under infra/migrations to DATABASE_URL",
+  usage: "keyledger migrate",
+  examples: ["DATABASE_URL=postgres://postgres@127.0.0.1:5432/keyledger pnpm keyledger migrate"],
+  async run(args, env) {
+    parseFlags(args, []);
+    if (!env.DATABASE_URL) throw new UsageError("DATABASE_URL is required");
+    const db = createPostgresDatabase({ connectionString: env.DATABASE_URL, maxConnections: 1 });
+    try {
+      const result = await runMigrations(db);
+      process.stdout.write(
+        `applied ${result.applied.length} migration(s)${result.applied.length ? `: ${result.applied.join(", ")}` : ""}; ` +
+          `${result.alreadyApplied.length} already applied\n`,
+      );
+      return 0;
+    } finally {
+      await db.destroy();
+    }
+  },
+};

@@ -1,0 +1,3 @@
+export * from "./cli";
+export * from "./command";
+export { COMMANDS } from "./commands/index";
