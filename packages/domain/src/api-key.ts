@@ -12,6 +12,9 @@ export type ApiKeyState =
       userId: string;
       name: string;
       keyHash: string;
+      /** The value replaced by the last rotation, usable until `previousValidUntil`. */
+      previousKeyHash: string | null;
+      previousValidUntil: string | null;
       permissions: Permission[];
       createdAt: string;
       expiresAt: string | null;
@@ -38,9 +41,26 @@ export type CreateKey = {
 
 export type RevokeKey = { type: "RevokeKey"; data: { reason: RevocationReason; now: Date } };
 
+/** Maximum rotation grace period: 7 days. */
+export const MAX_GRACE_PERIOD_SECONDS = 604_800;
+
+export type RotateKey = {
+  type: "RotateKey";
+  data: {
+    keyHash: string;
+    maskedValue: string;
+    gracePeriodSeconds: number;
+    /** `undefined` keeps the current expiry; `null` means the new value never expires. */
+    expiresAt: Date | null | undefined;
+    /** The value hash the caller saw; a rotation that happened in between makes this one fail. */
+    expectedKeyHash: string | undefined;
+    now: Date;
+  };
+};
+
 export type RecordKeyUse = { type: "RecordKeyUse"; data: { usedAt: Date; throttleMs: number } };
 
-export type ApiKeyCommand = CreateKey | RevokeKey | RecordKeyUse;
+export type ApiKeyCommand = CreateKey | RevokeKey | RotateKey | RecordKeyUse;
 
 export function decideApiKey(command: ApiKeyCommand, state: ApiKeyState): KeyEvent[] {
   switch (command.type) {
@@ -89,8 +109,54 @@ export function decideApiKey(command: ApiKeyCommand, state: ApiKeyState): KeyEve
             userId: state.userId,
             name: state.name,
             keyHash: state.keyHash,
+            previousKeyHash: state.previousKeyHash,
             reason: command.data.reason,
             revokedAt: command.data.now.toISOString(),
+          },
+        },
+      ];
+    }
+    case "RotateKey": {
+      const c = command.data;
+      if (!isKeyUsable(state, c.now) || state.status !== "active") {
+        throw new DomainError("KEY_NOT_FOUND", "API key not found");
+      }
+      if (c.expectedKeyHash !== undefined && c.expectedKeyHash !== state.keyHash) {
+        throw new DomainError("KEY_CHANGED_CONCURRENTLY", "API key was rotated concurrently");
+      }
+      if (!Number.isInteger(c.gracePeriodSeconds) || c.gracePeriodSeconds < 0) {
+        throw new DomainError("INVALID_GRACE_PERIOD", "gracePeriodSeconds must be a non-negative integer");
+      }
+      if (c.gracePeriodSeconds > MAX_GRACE_PERIOD_SECONDS) {
+        throw new DomainError(
+          "INVALID_GRACE_PERIOD",
+          `gracePeriodSeconds must not be greater than ${MAX_GRACE_PERIOD_SECONDS}`,
+        );
+      }
+      if (c.expiresAt && c.expiresAt.getTime() <= c.now.getTime()) {
+        throw new DomainError("EXPIRY_IN_PAST", "expiresAt must be in the future");
+      }
+      let validUntil = c.now.getTime() + c.gracePeriodSeconds * 1000;
+      if (state.expiresAt !== null) validUntil = Math.min(validUntil, Date.parse(state.expiresAt));
+      const previousStillValid =
+        state.previousKeyHash !== null &&
+        state.previousValidUntil !== null &&
+        Date.parse(state.previousValidUntil) > c.now.getTime();
+      return [
+        {
+          type: "KeyRotated",
+          data: {
+            keyId: state.keyId,
+            organizationId: state.organizationId,
+            userId: state.userId,
+            name: state.name,
+            keyHash: c.keyHash,
+            maskedValue: c.maskedValue,
+            previousKeyHash: state.keyHash,
+            previousValidUntil: new Date(validUntil).toISOString(),
+            supersededKeyHash: previousStillValid ? state.previousKeyHash : null,
+            expiresAt: c.expiresAt === undefined ? state.expiresAt : c.expiresAt && c.expiresAt.toISOString(),
+            rotatedAt: c.now.toISOString(),
           },
         },
       ];
@@ -131,12 +197,23 @@ export function evolveApiKey(state: ApiKeyState, event: KeyEvent): ApiKeyState {
         userId: d.userId,
         name: d.name,
         keyHash: d.keyHash,
+        previousKeyHash: null,
+        previousValidUntil: null,
         permissions: d.permissions,
         createdAt: d.createdAt,
         expiresAt: d.expiresAt,
         lastUsedAt: null,
       };
     }
+    case "KeyRotated":
+      if (state.status === "absent" || state.keyId !== event.data.keyId) return state;
+      return {
+        ...state,
+        keyHash: event.data.keyHash,
+        previousKeyHash: event.data.previousKeyHash,
+        previousValidUntil: event.data.previousValidUntil,
+        expiresAt: event.data.expiresAt,
+      };
     case "KeyRevoked":
       if (state.status === "absent" || state.keyId !== event.data.keyId) return state;
       return { ...state, status: "revoked" };

@@ -1,7 +1,13 @@
 import type { Permission } from "./permissions";
 
 /** A command the domain refuses. The API maps each code to a status; nothing is written. */
-export type DomainErrorCode = "KEY_NAME_TAKEN" | "KEY_NOT_FOUND" | "PERMISSIONS_NOT_GRANTABLE" | "EXPIRY_IN_PAST";
+export type DomainErrorCode =
+  | "KEY_NAME_TAKEN"
+  | "KEY_NOT_FOUND"
+  | "PERMISSIONS_NOT_GRANTABLE"
+  | "EXPIRY_IN_PAST"
+  | "INVALID_GRACE_PERIOD"
+  | "KEY_CHANGED_CONCURRENTLY";
 
 export class DomainError extends Error {
   constructor(

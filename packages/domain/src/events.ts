@@ -35,8 +35,29 @@ export type KeyRevoked = {
     userId: string;
     name: string;
     keyHash: string;
+    /** A previous value still in its rotation grace period dies with the key. */
+    previousKeyHash: string | null;
     reason: RevocationReason;
     revokedAt: string;
+  };
+};
+
+/** A key got a new value; the previous value keeps working until `previousValidUntil`. */
+export type KeyRotated = {
+  type: "KeyRotated";
+  data: {
+    keyId: string;
+    organizationId: string;
+    userId: string;
+    name: string;
+    keyHash: string;
+    maskedValue: string;
+    previousKeyHash: string;
+    previousValidUntil: string;
+    /** The value from an earlier rotation whose grace period this rotation ended at once, if any. */
+    supersededKeyHash: string | null;
+    expiresAt: string | null;
+    rotatedAt: string;
   };
 };
 
@@ -61,7 +82,7 @@ export type MemberRemoved = {
   data: { organizationId: string; userId: string; removedAt: string };
 };
 
-export type KeyEvent = KeyCreated | KeyRevoked | KeyUsed;
+export type KeyEvent = KeyCreated | KeyRevoked | KeyRotated | KeyUsed;
 export type MemberEvent = MemberAccessChanged | MemberRemoved;
 export type KeyledgerEvent = KeyEvent | MemberEvent;
 export type KeyledgerEventType = KeyledgerEvent["type"];
@@ -69,6 +90,7 @@ export type KeyledgerEventType = KeyledgerEvent["type"];
 export const EVENT_TYPES: readonly KeyledgerEventType[] = [
   "KeyCreated",
   "KeyRevoked",
+  "KeyRotated",
   "KeyUsed",
   "MemberAccessChanged",
   "MemberRemoved",

@@ -40,6 +40,23 @@ export async function applyToReadModel(trx: Kysely<unknown>, event: KeyledgerEve
         .where("revoked_at", "is", null)
         .execute();
       return;
+    case "KeyRotated": {
+      const d = event.data;
+      await db
+        .updateTable("api_keys")
+        .set({
+          key_hash: d.keyHash,
+          masked_value: d.maskedValue,
+          previous_key_hash: d.previousKeyHash,
+          previous_valid_until: d.previousValidUntil,
+          expires_at: d.expiresAt,
+          rotated_at: d.rotatedAt,
+        })
+        .where("key_id", "=", d.keyId)
+        .where("revoked_at", "is", null)
+        .execute();
+      return;
+    }
     case "KeyUsed":
       await db
         .updateTable("api_keys")

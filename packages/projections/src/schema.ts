@@ -14,6 +14,9 @@ export interface ApiKeysTable {
   last_used_at: ColumnType<Date | null, Date | string | null, Date | string | null>;
   revoked_at: ColumnType<Date | null, Date | string | null, Date | string | null>;
   revoked_reason: string | null;
+  previous_key_hash: string | null;
+  previous_valid_until: ColumnType<Date | null, Date | string | null, Date | string | null>;
+  rotated_at: ColumnType<Date | null, Date | string | null, Date | string | null>;
 }
 
 export interface OrganizationMembersTable {

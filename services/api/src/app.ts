@@ -5,9 +5,11 @@ import type { Kysely } from "kysely";
 import { KeyCommands, type OnCommitted } from "./commands/key-commands";
 import { KeyUsageRecorder } from "./key-usage-recorder";
 import authentication from "./plugins/app/authentication";
+import rateLimits, { type RateLimitSettings } from "./plugins/app/rate-limits";
 import errorHandler from "./plugins/external/error-handler";
 import openapi from "./plugins/external/openapi";
 import apiKeyRoutes from "./routes/api-keys/index";
+import apiKeyRotationRoutes from "./routes/api-keys/rotation";
 import { ErrorSchema, PermissionSchema } from "./routes/api-keys/schemas";
 import healthRoutes from "./routes/health/index";
 import internalMemberRoutes from "./routes/internal/members";
@@ -20,6 +22,10 @@ export type AppOptions = {
   bodyLimitBytes: number;
   logger: FastifyServerOptions["logger"];
   onCommitted?: OnCommitted;
+  /** Daytona's failed-auth and authenticated rate limits; omitted, the app applies none (tests). */
+  rateLimits?: RateLimitSettings;
+  /** Whose `X-Forwarded-For` decides the client IP (fastify's `trustProxy`); default: nobody's. */
+  trustProxy?: boolean | number | string;
 };
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -39,6 +45,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
     logger: options.logger,
     bodyLimit: options.bodyLimitBytes,
+    trustProxy: options.trustProxy ?? false,
     requestIdHeader: "x-request-id",
     genReqId: (req) => {
       const given = req.headers["x-request-id"];
@@ -68,7 +75,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     await usage.flush();
   });
 
-  await app.register(errorHandler);
+  await app.register(rateLimits, options.rateLimits ?? { failedAuth: null, authenticated: null });
+  await app.register(errorHandler, { onUnauthorized: app.failedAuthentication });
   await app.register(openapi);
   await app.register(authentication, {
     db: options.db,
@@ -77,6 +85,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
   await app.register(healthRoutes, { db: options.db });
   await app.register(apiKeyRoutes, { prefix: "/api", db: options.db, commands });
+  await app.register(apiKeyRotationRoutes, { prefix: "/api", commands });
   if (options.internalApiToken !== undefined) {
     await app.register(internalMemberRoutes, { commands, internalApiToken: options.internalApiToken });
   }

@@ -9,9 +9,29 @@ function readModel(db: Kysely<unknown>) {
   return db as unknown as Kysely<ReadModelTables>;
 }
 
-/** The key with this hash, live or revoked, or undefined. */
+/**
+ * The key whose current value, or previous value (rotation grace), has this hash; live or revoked; or undefined.
+ */
 export function findApiKeyByHash(db: Kysely<unknown>, keyHash: string): Promise<ApiKeyRow | undefined> {
-  return readModel(db).selectFrom("api_keys").selectAll().where("key_hash", "=", keyHash).executeTakeFirst();
+  return readModel(db)
+    .selectFrom("api_keys")
+    .selectAll()
+    .where((eb) => eb.or([eb("key_hash", "=", keyHash), eb("previous_key_hash", "=", keyHash)]))
+    .executeTakeFirst();
+}
+
+/**
+ * When the value with `keyHash` stops working: the key's expiry for its current value, the end of the grace
+ * period for a rotated-out value. `undefined` means it is not valid now (revoked, expired, grace over).
+ */
+export function validUntilForValue(row: ApiKeyRow, keyHash: string, now: Date): Date | null | undefined {
+  if (row.revoked_at !== null) return undefined;
+  let until: Date | null = row.expires_at;
+  if (row.key_hash !== keyHash) {
+    if (row.previous_key_hash !== keyHash || row.previous_valid_until === null) return undefined;
+    until = until === null || row.previous_valid_until < until ? row.previous_valid_until : until;
+  }
+  return until !== null && until.getTime() <= now.getTime() ? undefined : until;
 }
 
 /** A live (not revoked) key by owner and name. */

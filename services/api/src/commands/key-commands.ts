@@ -10,6 +10,7 @@ import {
   initialMemberState,
   type KeyEvent,
   type KeyledgerEvent,
+  type KeyRotated,
   keyStreamId,
   type MemberCommand,
   type MemberState,
@@ -161,6 +162,34 @@ export class KeyCommands {
         { type: "RevokeKey", data: { reason, now: context.now } },
         context,
       );
+    });
+  }
+
+  /**
+   * Gives a live key a new value. The previous value keeps working for the grace period (never past its own
+   * expiry). If another rotation commits between our read and our append, this one fails with 409 rather than
+   * rotating twice.
+   */
+  rotateApiKey(
+    key: { organizationId: string; userId: string; name: string },
+    change: {
+      keyHash: string;
+      maskedValue: string;
+      gracePeriodSeconds: number;
+      expiresAt: Date | null | undefined;
+      expectedKeyHash?: string;
+    },
+    context: CommandContext,
+  ): Promise<{ event: KeyRotated; permissions: Permission[] }> {
+    let expectedKeyHash = change.expectedKeyHash;
+    return this.run(async (trx, appended) => {
+      const streamId = keyStreamId(key.organizationId, key.userId, key.name);
+      const { state, version } = await loadApiKey(trx, streamId, false);
+      if (expectedKeyHash === undefined && state.status === "active") expectedKeyHash = state.keyHash;
+      const events = decideApiKey({ type: "RotateKey", data: { ...change, expectedKeyHash, now: context.now } }, state);
+      await this.append(trx, appended, streamId, version, events, context);
+      const permissions = state.status === "absent" ? [] : state.permissions;
+      return { event: events[0] as KeyRotated, permissions };
     });
   }
 

@@ -4,7 +4,7 @@ import fp from "fastify-plugin";
 import { createRemoteJWKSet, type JWTVerifyGetKey, jwtVerify } from "jose";
 import type { Kysely } from "kysely";
 import { ApiError, invalidAuthContext, invalidCredentials } from "../../http-errors";
-import { type ApiKeyRow, findApiKeyByHash, findMember } from "../../read-model-queries";
+import { type ApiKeyRow, findApiKeyByHash, findMember, validUntilForValue } from "../../read-model-queries";
 
 export type JwtAuthContext = {
   method: "jwt";
@@ -19,6 +19,10 @@ export type ApiKeyAuthContext = {
   userId: string;
   organizationId: string;
   key: ApiKeyRow;
+  /** SHA-256 of the presented value: the key's current value, or its previous one during a rotation grace. */
+  keyHash: string;
+  /** When the presented value stops working (null: never). */
+  validUntil: Date | null;
 };
 
 export type AuthContext = JwtAuthContext | ApiKeyAuthContext;
@@ -97,10 +101,11 @@ export default fp(
 
     async function authenticateApiKey(token: string): Promise<ApiKeyAuthContext> {
       if (!isWellFormedKey(token)) throw invalidCredentials();
-      const key = await findApiKeyByHash(options.db, hashKeyValue(token));
-      if (!key || key.revoked_at !== null) throw invalidCredentials();
-      if (key.expires_at !== null && key.expires_at.getTime() <= Date.now()) throw invalidCredentials();
-      return { method: "api_key", userId: key.user_id, organizationId: key.organization_id, key };
+      const keyHash = hashKeyValue(token);
+      const key = await findApiKeyByHash(options.db, keyHash);
+      const validUntil = key ? validUntilForValue(key, keyHash, new Date()) : undefined;
+      if (!key || validUntil === undefined) throw invalidCredentials();
+      return { method: "api_key", userId: key.user_id, organizationId: key.organization_id, key, keyHash, validUntil };
     }
 
     app.decorateRequest("auth", null);

@@ -1,11 +1,12 @@
 import { randomBytes, randomUUID } from "node:crypto";
-import { DomainError, hashKeyValue, KEY_RANDOM_BYTES, keyValueFromRandomBytes, maskKeyValue } from "@keyledger/domain";
+import { hashKeyValue, KEY_RANDOM_BYTES, keyValueFromRandomBytes, maskKeyValue } from "@keyledger/domain";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import type { Kysely } from "kysely";
 import type { KeyCommands } from "../../commands/key-commands";
 import { ApiError, apiKeyNotFound } from "../../http-errors";
-import { type JwtAuthContext, requireApiKey, requireJwt } from "../../plugins/app/authentication";
+import { requireApiKey, requireJwt } from "../../plugins/app/authentication";
 import { type ApiKeyRow, findLiveApiKey, listLiveApiKeys } from "../../read-model-queries";
+import { asApiError, jwtCommandContext } from "./domain-errors";
 import {
   type ApiKeyListItem,
   ApiKeyListSchema,
@@ -36,35 +37,6 @@ export function toApiKeyListItem(row: ApiKeyRow): ApiKeyListItem {
   };
 }
 
-function contextOf(auth: JwtAuthContext, request: FastifyRequest) {
-  return {
-    now: new Date(),
-    metadata: {
-      actorUserId: auth.userId,
-      organizationId: auth.organizationId,
-      authMethod: auth.method,
-      requestId: request.id,
-    },
-  };
-}
-
-/** Maps a domain refusal to Daytona's status and message; anything else propagates. */
-function asApiError(error: unknown): never {
-  if (error instanceof DomainError) {
-    switch (error.code) {
-      case "KEY_NAME_TAKEN":
-        throw new ApiError(409, error.message);
-      case "KEY_NOT_FOUND":
-        throw new ApiError(404, error.message);
-      case "PERMISSIONS_NOT_GRANTABLE":
-        throw new ApiError(403, error.message);
-      case "EXPIRY_IN_PAST":
-        throw new ApiError(400, error.message);
-    }
-  }
-  throw error;
-}
-
 /** The six Daytona API-key operations. */
 export default async function apiKeyRoutes(app: FastifyInstance, { db, commands }: ApiKeyRoutesOptions) {
   app.post(
@@ -85,7 +57,7 @@ export default async function apiKeyRoutes(app: FastifyInstance, { db, commands 
     },
     async (request, reply) => {
       const auth = requireJwt(request);
-      const context = contextOf(auth, request);
+      const context = jwtCommandContext(auth, request);
       const parsed = validateCreateApiKeyBody(request.body, context.now);
       if (!parsed.ok) throw new ApiError(400, parsed.messages.join(", "));
       const value = keyValueFromRandomBytes(randomBytes(KEY_RANDOM_BYTES));
@@ -152,7 +124,11 @@ export default async function apiKeyRoutes(app: FastifyInstance, { db, commands 
         response: { 200: { ...ApiKeyListSchema, description: "API key retrieved successfully." }, ...errorResponses },
       },
     },
-    async (request) => toApiKeyListItem(requireApiKey(request).key),
+    async (request) => {
+      const auth = requireApiKey(request);
+      // During a rotation grace period the old value expires when its grace ends: report that, not the key's.
+      return { ...toApiKeyListItem(auth.key), expiresAt: auth.validUntil ? auth.validUntil.toISOString() : null };
+    },
   );
 
   app.get(
@@ -199,7 +175,7 @@ export default async function apiKeyRoutes(app: FastifyInstance, { db, commands 
         .revokeApiKey(
           { organizationId: auth.organizationId, userId: auth.userId, name },
           "deleted",
-          contextOf(auth, request),
+          jwtCommandContext(auth, request),
         )
         .catch(asApiError);
       return reply.code(204).send();
@@ -225,7 +201,11 @@ export default async function apiKeyRoutes(app: FastifyInstance, { db, commands 
       const { userId, name } = request.params as { userId: string; name: string };
       if (userId !== auth.userId && auth.role !== "owner") throw new ApiError(403, "Incorrect user ID provided");
       await commands
-        .revokeApiKey({ organizationId: auth.organizationId, userId, name }, "deleted", contextOf(auth, request))
+        .revokeApiKey(
+          { organizationId: auth.organizationId, userId, name },
+          "deleted",
+          jwtCommandContext(auth, request),
+        )
         .catch(asApiError);
       return reply.code(204).send();
     },

@@ -1,4 +1,4 @@
-import { PERMISSIONS, type Permission } from "@keyledger/domain";
+import { MAX_GRACE_PERIOD_SECONDS, PERMISSIONS, type Permission } from "@keyledger/domain";
 import { type Static, Type } from "@sinclair/typebox";
 
 const nullableDateTime = (description: string) =>
@@ -76,6 +76,16 @@ const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
 const HTML_TAG = /<\/?[a-z!][^>]*>/i;
 const URL_LIKE = /\b(?:[a-z][a-z0-9+.-]*:\/\/|www\.)\S/i;
 
+const ISO_DATE_TIME = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?)?$/;
+
+/** A future expiry from an ISO 8601 string, or the message explaining why not. */
+function parseExpiresAt(value: unknown, now: Date): Date | string {
+  const parsed = typeof value === "string" && ISO_DATE_TIME.test(value) ? new Date(value) : null;
+  if (parsed === null || Number.isNaN(parsed.getTime())) return "expiresAt must be a Date instance";
+  if (parsed.getTime() <= now.getTime()) return "expiresAt must be a date in the future";
+  return parsed;
+}
+
 /**
  * Validates a create body and answers with class-validator's messages (what Daytona's clients show), plus our
  * stricter name and expiry rules. Returns the parsed body or the list of messages.
@@ -113,20 +123,60 @@ export function validateCreateApiKeyBody(
 
   let expiry: Date | null = null;
   if (expiresAt !== undefined && expiresAt !== null) {
-    const parsed =
-      typeof expiresAt === "string" &&
-      /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?)?$/.test(expiresAt)
-        ? new Date(expiresAt)
-        : null;
-    if (parsed === null || Number.isNaN(parsed.getTime())) {
-      messages.push("expiresAt must be a Date instance");
-    } else if (parsed.getTime() <= now.getTime()) {
-      messages.push("expiresAt must be a date in the future");
-    } else {
-      expiry = parsed;
-    }
+    const parsed = parseExpiresAt(expiresAt, now);
+    if (typeof parsed === "string") messages.push(parsed);
+    else expiry = parsed;
   }
 
   if (messages.length > 0) return { ok: false, messages };
   return { ok: true, value: { name: name as string, permissions: permissions as Permission[], expiresAt: expiry } };
+}
+
+/** Body of the rotation routes (an extension of the Daytona contract). */
+export const RotateApiKeySchema = Type.Object({
+  gracePeriodSeconds: Type.Optional(
+    Type.Integer({
+      minimum: 0,
+      maximum: MAX_GRACE_PERIOD_SECONDS,
+      default: 0,
+      description: "How long the previous value keeps working (never past its own expiry). Default 0: it stops now.",
+    }),
+  ),
+  expiresAt: Type.Optional(nullableDateTime("Expiry of the new value; omitted keeps the current one, null: never")),
+});
+
+export type RotateApiKeyBody = { gracePeriodSeconds: number; expiresAt: Date | null | undefined };
+
+/** Validates a rotation body (optional as a whole) with class-validator-style messages. */
+export function validateRotateApiKeyBody(
+  body: unknown,
+  now: Date,
+): { ok: true; value: RotateApiKeyBody } | { ok: false; messages: string[] } {
+  if (body !== undefined && body !== null && (typeof body !== "object" || Array.isArray(body))) {
+    return { ok: false, messages: ["body must be a JSON object"] };
+  }
+  const input = (body ?? {}) as Record<string, unknown>;
+  const messages: string[] = [];
+  let gracePeriodSeconds = 0;
+  const grace = input.gracePeriodSeconds;
+  if (grace !== undefined) {
+    if (typeof grace !== "number" || !Number.isInteger(grace)) {
+      messages.push("gracePeriodSeconds must be an integer number");
+    } else if (grace < 0) {
+      messages.push("gracePeriodSeconds must not be less than 0");
+    } else if (grace > MAX_GRACE_PERIOD_SECONDS) {
+      messages.push(`gracePeriodSeconds must not be greater than ${MAX_GRACE_PERIOD_SECONDS}`);
+    } else {
+      gracePeriodSeconds = grace;
+    }
+  }
+  let expiresAt: Date | null | undefined;
+  if (input.expiresAt === null) expiresAt = null;
+  else if (input.expiresAt !== undefined) {
+    const parsed = parseExpiresAt(input.expiresAt, now);
+    if (typeof parsed === "string") messages.push(parsed);
+    else expiresAt = parsed;
+  }
+  if (messages.length > 0) return { ok: false, messages };
+  return { ok: true, value: { gracePeriodSeconds, expiresAt } };
 }

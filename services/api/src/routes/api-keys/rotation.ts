@@ -1,0 +1,126 @@
+import { randomBytes } from "node:crypto";
+import { hashKeyValue, KEY_RANDOM_BYTES, keyValueFromRandomBytes, maskKeyValue } from "@keyledger/domain";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { CommandContext, KeyCommands } from "../../commands/key-commands";
+import { ApiError } from "../../http-errors";
+import { requireApiKey, requireJwt } from "../../plugins/app/authentication";
+import { asApiError, jwtCommandContext } from "./domain-errors";
+import {
+  ApiKeyResponseSchema,
+  errorResponses,
+  NameParamsSchema,
+  OrganizationHeaderSchema,
+  RotateApiKeySchema,
+  UserNameParamsSchema,
+  validateRotateApiKeyBody,
+} from "./schemas";
+
+const security: Array<Record<string, string[]>> = [{ bearer: [] }, { oauth2: ["openid", "profile", "email"] }];
+const tags = ["api-keys"];
+const description =
+  "keyledger extension of the Daytona contract: issues a new value for the key; the previous value keeps " +
+  "working for gracePeriodSeconds (never past its own expiry), then is rejected everywhere.";
+
+const rotateSchema = (operationId: string, summary: string, params?: object) => ({
+  operationId,
+  summary,
+  description,
+  tags,
+  security,
+  headers: OrganizationHeaderSchema,
+  ...(params ? { params } : {}),
+  body: RotateApiKeySchema,
+  response: { 201: { ...ApiKeyResponseSchema, description: "API key rotated: the new value." }, ...errorResponses },
+});
+
+// The body is optional and validated by validateRotateApiKeyBody; the schema documents it.
+const acceptAnyBody = () => (data: unknown) => ({ value: data });
+
+/** Rotation: `POST /api/api-keys/{name}/rotate`, `/{userId}/{name}/rotate` and `/current/rotate`. */
+export default async function apiKeyRotationRoutes(app: FastifyInstance, { commands }: { commands: KeyCommands }) {
+  async function rotate(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    key: { organizationId: string; userId: string; name: string },
+    context: CommandContext,
+    expectedKeyHash?: string,
+  ) {
+    const parsed = validateRotateApiKeyBody(request.body, context.now);
+    if (!parsed.ok) throw new ApiError(400, parsed.messages.join(", "));
+    const value = keyValueFromRandomBytes(randomBytes(KEY_RANDOM_BYTES));
+    const rotated = await commands
+      .rotateApiKey(
+        key,
+        {
+          keyHash: hashKeyValue(value),
+          maskedValue: maskKeyValue(value),
+          gracePeriodSeconds: parsed.value.gracePeriodSeconds,
+          expiresAt: parsed.value.expiresAt,
+          expectedKeyHash,
+        },
+        context,
+      )
+      .catch(asApiError);
+    return reply.code(201).send({
+      name: rotated.event.data.name,
+      value,
+      createdAt: rotated.event.data.rotatedAt,
+      permissions: rotated.permissions,
+      expiresAt: rotated.event.data.expiresAt,
+    });
+  }
+
+  app.post(
+    "/api-keys/current/rotate",
+    {
+      config: { auth: "api_key" },
+      validatorCompiler: acceptAnyBody,
+      schema: rotateSchema("rotateCurrentApiKey", "Rotate the calling API key"),
+    },
+    async (request, reply) => {
+      const auth = requireApiKey(request);
+      const context = {
+        now: new Date(),
+        metadata: {
+          actorUserId: auth.userId,
+          organizationId: auth.organizationId,
+          authMethod: "api_key" as const,
+          requestId: request.id,
+        },
+      };
+      const key = { organizationId: auth.organizationId, userId: auth.userId, name: auth.key.name };
+      return rotate(request, reply, key, context, auth.keyHash);
+    },
+  );
+
+  app.post(
+    "/api-keys/:name/rotate",
+    {
+      config: { auth: "jwt" },
+      validatorCompiler: acceptAnyBody,
+      schema: rotateSchema("rotateApiKey", "Rotate API key", NameParamsSchema),
+    },
+    async (request, reply) => {
+      const auth = requireJwt(request);
+      const { name } = request.params as { name: string };
+      const key = { organizationId: auth.organizationId, userId: auth.userId, name };
+      return rotate(request, reply, key, jwtCommandContext(auth, request));
+    },
+  );
+
+  app.post(
+    "/api-keys/:userId/:name/rotate",
+    {
+      config: { auth: "jwt" },
+      validatorCompiler: acceptAnyBody,
+      schema: rotateSchema("rotateApiKeyForUser", "Rotate API key for user", UserNameParamsSchema),
+    },
+    async (request, reply) => {
+      const auth = requireJwt(request);
+      const { userId, name } = request.params as { userId: string; name: string };
+      if (userId !== auth.userId && auth.role !== "owner") throw new ApiError(403, "Incorrect user ID provided");
+      const key = { organizationId: auth.organizationId, userId, name };
+      return rotate(request, reply, key, jwtCommandContext(auth, request));
+    },
+  );
+}

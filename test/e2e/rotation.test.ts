@@ -1,0 +1,177 @@
+import { sql } from "kysely";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
+
+type KeyResponse = { name: string; value: string; createdAt: string; permissions: string[]; expiresAt: string | null };
+
+describe("rotation with a grace window", () => {
+  let api: RunningApi;
+  beforeAll(async () => {
+    api = await startApi();
+  });
+  afterAll(async () => {
+    await api.close();
+  });
+
+  async function ownerWithKey(body: Record<string, unknown> = {}) {
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    await api.setMember(org, user, "owner");
+    const headers = { ...(await api.jwtHeaders(user, org)), "content-type": "application/json" };
+    const res = await fetch(`${api.baseUrl}/api/api-keys`, {
+      method: "POST",
+      headers,
+      body: JSON.stringify({ name: "deploy", permissions: ["write:sandboxes"], ...body }),
+    });
+    expect(res.status).toBe(201);
+    return { org, user, headers, key: (await res.json()) as KeyResponse };
+  }
+
+  const current = (value: string) =>
+    fetch(`${api.baseUrl}/api/api-keys/current`, { headers: { authorization: `Bearer ${value}` } });
+
+  const rotate = (path: string, headers: Record<string, string>, body?: unknown) =>
+    fetch(`${api.baseUrl}/api/api-keys/${path}`, {
+      method: "POST",
+      headers: body === undefined ? { authorization: headers.authorization as string, ...pick(headers) } : headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  const pick = (headers: Record<string, string>): Record<string, string> => {
+    const org = headers["x-daytona-organization-id"];
+    return org ? { "x-daytona-organization-id": org } : {};
+  };
+
+  it("issues a new value that works at once; the old one works during the grace period, then never again", async () => {
+    const { headers, key } = await ownerWithKey();
+    const res = await rotate("deploy/rotate", headers, { gracePeriodSeconds: 2 });
+    expect(res.status).toBe(201);
+    const rotated = (await res.json()) as KeyResponse;
+    expect(rotated.value).not.toBe(key.value);
+    expect(rotated).toMatchObject({ name: "deploy", permissions: ["write:sandboxes"], expiresAt: null });
+
+    expect((await current(rotated.value)).status).toBe(200);
+    const old = await current(key.value);
+    expect(old.status).toBe(200);
+    const oldBody = (await old.json()) as { expiresAt: string };
+    expect(Date.parse(oldBody.expiresAt)).toBeGreaterThan(Date.now() - 1000);
+
+    await new Promise((r) => setTimeout(r, 2300));
+    expect((await current(key.value)).status).toBe(401);
+    expect((await current(rotated.value)).status).toBe(200);
+  });
+
+  it("with no body ends the old value at once, and keeps the key's expiry by default", async () => {
+    const expiresAt = new Date(Date.now() + 3_600_000).toISOString();
+    const { headers, key } = await ownerWithKey({ expiresAt });
+    const res = await rotate("deploy/rotate", headers);
+    expect(res.status).toBe(201);
+    const rotated = (await res.json()) as KeyResponse;
+    expect(rotated.expiresAt).toBe(expiresAt);
+    expect((await current(key.value)).status).toBe(401);
+    expect((await current(rotated.value)).status).toBe(200);
+  });
+
+  it("rotating again during a grace period ends the earlier old value at once", async () => {
+    const { headers, key } = await ownerWithKey();
+    const first = (await (await rotate("deploy/rotate", headers, { gracePeriodSeconds: 600 })).json()) as KeyResponse;
+    expect((await current(key.value)).status).toBe(200);
+    const second = await rotate("deploy/rotate", headers, { gracePeriodSeconds: 600 });
+    expect(second.status).toBe(201);
+    const secondBody = (await second.json()) as KeyResponse;
+    expect((await current(key.value)).status).toBe(401);
+    expect((await current(first.value)).status).toBe(200);
+    expect((await current(secondBody.value)).status).toBe(200);
+  });
+
+  it("a key rotates itself with /current/rotate; a JWT there gets 401", async () => {
+    const { headers, key } = await ownerWithKey();
+    const jwt = await rotate("current/rotate", headers, {});
+    expect(jwt.status).toBe(401);
+    const self = await fetch(`${api.baseUrl}/api/api-keys/current/rotate`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key.value}`, "content-type": "application/json" },
+      body: JSON.stringify({ gracePeriodSeconds: 60 }),
+    });
+    expect(self.status).toBe(201);
+    const rotated = (await self.json()) as KeyResponse;
+    expect((await current(rotated.value)).status).toBe(200);
+    // The old value still works in its grace period, but cannot rotate the key again.
+    const again = await fetch(`${api.baseUrl}/api/api-keys/current/rotate`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key.value}` },
+    });
+    expect(again.status).toBe(409);
+  });
+
+  it("revoked or expired keys are not found; bad bodies are 400 and change nothing", async () => {
+    const { headers } = await ownerWithKey({ expiresAt: new Date(Date.now() + 1500).toISOString() });
+    const count = async () =>
+      Number((await sql<{ n: string }>`SELECT count(*) AS n FROM events`.execute(api.db)).rows[0]?.n);
+    const before = await count();
+    for (const body of [
+      { gracePeriodSeconds: -1 },
+      { gracePeriodSeconds: 604801 },
+      { gracePeriodSeconds: 1.5 },
+      { expiresAt: "soon" },
+      [1],
+    ]) {
+      const res = await rotate("deploy/rotate", headers, body);
+      expect(res.status, JSON.stringify(body)).toBe(400);
+      expect(Object.keys(await res.json()).sort()).toEqual(["error", "message", "path", "statusCode", "timestamp"]);
+    }
+    expect(await count()).toBe(before);
+    expect((await rotate("nope/rotate", headers, {})).status).toBe(404);
+    await new Promise((r) => setTimeout(r, 1700));
+    const expired = await rotate("deploy/rotate", headers, {});
+    expect(expired.status).toBe(404);
+    expect(((await expired.json()) as { message: string }).message).toBe("API key not found");
+
+    const live = await ownerWithKey();
+    await fetch(`${api.baseUrl}/api/api-keys/deploy`, {
+      method: "DELETE",
+      headers: { authorization: live.headers.authorization as string, ...pick(live.headers) },
+    });
+    expect((await rotate("deploy/rotate", live.headers, {})).status).toBe(404);
+  });
+
+  it("another user's key needs the owner role", async () => {
+    const { org, user, key } = await ownerWithKey();
+    const member = uniqueId("member");
+    await api.setMember(org, member, "member", ["write:sandboxes"]);
+    const memberHeaders = { ...(await api.jwtHeaders(member, org)), "content-type": "application/json" };
+    const denied = await rotate(`${encodeURIComponent(user)}/deploy/rotate`, memberHeaders, {});
+    expect(denied.status).toBe(403);
+    expect(((await denied.json()) as { message: string }).message).toBe("Incorrect user ID provided");
+    expect((await current(key.value)).status).toBe(200);
+
+    const owner2 = uniqueId("owner");
+    await api.setMember(org, owner2, "owner");
+    const ownerHeaders = { ...(await api.jwtHeaders(owner2, org)), "content-type": "application/json" };
+    const allowed = await rotate(`${encodeURIComponent(user)}/deploy/rotate`, ownerHeaders, {});
+    expect(allowed.status).toBe(201);
+    expect((await current(key.value)).status).toBe(401);
+  });
+
+  it("concurrent rotations of one key: one wins, the other gets 409", async () => {
+    const { headers } = await ownerWithKey();
+    // Hold appends until both rotations have read the key and are waiting to append: a real overlap, every time.
+    const locker = await api.db.connection().execute(async (conn) => {
+      await sql`BEGIN`.execute(conn);
+      await sql`LOCK TABLE events IN SHARE MODE`.execute(conn);
+      const both = Promise.all([rotate("deploy/rotate", headers, {}), rotate("deploy/rotate", headers, {})]);
+      for (;;) {
+        const waiting = await sql<{ n: string }>`
+          SELECT count(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+           WHERE c.relname = 'events' AND NOT l.granted`.execute(conn);
+        if (Number(waiting.rows[0]?.n) >= 2) break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await sql`COMMIT`.execute(conn);
+      return both;
+    });
+    const statuses = locker.map((r) => r.status).sort();
+    expect(statuses).toEqual([201, 409]);
+    const conflict = locker.find((r) => r.status === 409) as Response;
+    expect(((await conflict.json()) as { message: string }).message).toBe("API key was rotated concurrently");
+  });
+});
