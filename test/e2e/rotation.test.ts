@@ -17,7 +17,10 @@ describe("rotation with a grace window", () => {
     const org = uniqueId("org");
     const user = uniqueId("user");
     await api.setMember(org, user, "owner");
-    const headers = { ...(await api.jwtHeaders(user, org)), "content-type": "application/json" };
+    const headers: Record<string, string> = {
+      ...(await api.jwtHeaders(user, org)),
+      "content-type": "application/json",
+    };
     const res = await fetch(`${api.baseUrl}/api/api-keys`, {
       method: "POST",
       headers,
@@ -117,7 +120,13 @@ describe("rotation with a grace window", () => {
     ]) {
       const res = await rotate("deploy/rotate", headers, body);
       expect(res.status, JSON.stringify(body)).toBe(400);
-      expect(Object.keys(await res.json()).sort()).toEqual(["error", "message", "path", "statusCode", "timestamp"]);
+      expect(Object.keys((await res.json()) as object).sort()).toEqual([
+        "error",
+        "message",
+        "path",
+        "statusCode",
+        "timestamp",
+      ]);
     }
     expect(await count()).toBe(before);
     expect((await rotate("nope/rotate", headers, {})).status).toBe(404);
