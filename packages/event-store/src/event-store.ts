@@ -82,6 +82,17 @@ export async function appendToStream<E extends KeyledgerEvent>(
     metadata: JSON.stringify(metadata),
     occurred_at: occurredAt,
   }));
+  // Versions only grow by one: an expected version the stream has not reached would leave a gap. (A version the
+  // stream has passed is caught by the unique constraint below; rows are never deleted, so this check holds.)
+  if (expectedVersion > 0) {
+    const reached = await db
+      .selectFrom("events")
+      .select("stream_version")
+      .where("stream_id", "=", streamId)
+      .where("stream_version", "=", expectedVersion)
+      .executeTakeFirst();
+    if (!reached) throw new StreamVersionConflict(streamId);
+  }
   try {
     const inserted = await db
       .insertInto("events")
