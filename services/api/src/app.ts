@@ -41,11 +41,16 @@ export const LOG_REDACTIONS = [
   "*.token",
 ];
 
+/** Trusts the nearest `hops` proxies (fastify takes a hop count at run time, but its types do not say so). */
+function trustHops(hops: number) {
+  return (_address: string, hop: number) => hop < hops;
+}
+
 export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
     logger: options.logger,
     bodyLimit: options.bodyLimitBytes,
-    trustProxy: options.trustProxy ?? false,
+    trustProxy: typeof options.trustProxy === "number" ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
     requestIdHeader: "x-request-id",
     genReqId: (req) => {
       const given = req.headers["x-request-id"];

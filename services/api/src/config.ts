@@ -1,3 +1,5 @@
+import { isIP } from "node:net";
+
 /** Service configuration, parsed from an environment-shaped record. Only main.ts passes `process.env` here. */
 export type ApiConfig = {
   port: number;
@@ -8,6 +10,13 @@ export type ApiConfig = {
   keyUsedThrottleMs: number;
   logLevel: string;
   bodyLimitBytes: number;
+  /** Which proxies' `X-Forwarded-For` decides the client IP: none (false), all (true), a hop count, or addresses. */
+  trustProxy: boolean | number | string;
+  /** Daytona's rate limits; a limit of 0 turns one off. */
+  rateLimits: {
+    failedAuth: { limit: number; ttlSeconds: number } | null;
+    authenticated: { limit: number; ttlSeconds: number } | null;
+  };
 };
 
 export class ConfigError extends Error {
@@ -43,6 +52,36 @@ function url(env: Record<string, string | undefined>, name: string, required: bo
   return raw;
 }
 
+const PROXY_NAMES = new Set(["loopback", "linklocal", "uniquelocal"]);
+
+/** `TRUST_PROXY`: unset/false, true, a number of hops, or comma-separated addresses, CIDRs or proxy-addr names. */
+function trustProxy(raw: string | undefined): boolean | number | string {
+  if (raw === undefined || raw === "" || raw === "false") return false;
+  if (raw === "true") return true;
+  if (/^\d+$/.test(raw)) {
+    const hops = Number(raw);
+    if (hops > 32) throw new ConfigError("TRUST_PROXY", `must be at most 32 hops, got ${hops}`);
+    return hops === 0 ? false : hops;
+  }
+  const entries = raw.split(",").map((entry) => entry.trim());
+  for (const entry of entries) {
+    const [address = "", prefix] = entry.split("/");
+    const validPrefix = prefix === undefined || (/^\d{1,3}$/.test(prefix) && Number(prefix) <= 128);
+    if (!(PROXY_NAMES.has(entry) || (isIP(address) !== 0 && validPrefix))) {
+      throw new ConfigError("TRUST_PROXY", `"${entry}" is not true, a hop count, an address, a CIDR or a proxy name`);
+    }
+  }
+  return entries.join(",");
+}
+
+function rateLimit(env: Record<string, string | undefined>, name: string, limit: number, ttlSeconds: number) {
+  const window = {
+    limit: integer(env, `RATE_LIMIT_${name}_LIMIT`, limit, 0, 100_000_000),
+    ttlSeconds: integer(env, `RATE_LIMIT_${name}_TTL`, ttlSeconds, 1, 86_400),
+  };
+  return window.limit === 0 ? null : window;
+}
+
 export function parseApiConfig(env: Record<string, string | undefined>): ApiConfig {
   const databaseUrl = url(env, "DATABASE_URL", true) as string;
   const issuer = env.OIDC_ISSUER;
@@ -61,5 +100,10 @@ export function parseApiConfig(env: Record<string, string | undefined>): ApiConf
     keyUsedThrottleMs: integer(env, "KEY_USED_THROTTLE_MS", 10_000, 0, 86_400_000),
     logLevel: env.LOG_LEVEL || "info",
     bodyLimitBytes: integer(env, "BODY_LIMIT_BYTES", 16_384, 1024, 10_485_760),
+    trustProxy: trustProxy(env.TRUST_PROXY),
+    rateLimits: {
+      failedAuth: rateLimit(env, "FAILED_AUTH", 20, 60),
+      authenticated: rateLimit(env, "AUTHENTICATED", 1000, 60),
+    },
   };
 }

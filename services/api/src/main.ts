@@ -1,4 +1,5 @@
 import { runMigrations } from "@keyledger/event-store";
+import closeWithGrace from "close-with-grace";
 import { buildApp, LOG_REDACTIONS } from "./app";
 import { ConfigError, parseApiConfig } from "./config";
 import { createPostgresDatabase } from "./database";
@@ -23,24 +24,24 @@ async function main() {
     internalApiToken: config.internalApiToken,
     keyUsedThrottleMs: config.keyUsedThrottleMs,
     bodyLimitBytes: config.bodyLimitBytes,
+    rateLimits: config.rateLimits,
+    trustProxy: config.trustProxy,
     logger: { level: config.logLevel, redact: { paths: LOG_REDACTIONS, censor: "[redacted]" } },
   });
   if (config.internalApiToken === undefined) {
     app.log.warn("INTERNAL_API_TOKEN is not set: the internal membership routes are off");
   }
-  let closing = false;
-  const shutdown = async (signal: string) => {
-    if (closing) return;
-    closing = true;
-    app.log.info({ signal }, "shutting down");
-    const timer = setTimeout(() => process.exit(1), 10_000);
-    timer.unref();
-    await app.close();
-    await db.destroy();
-    process.exit(0);
-  };
-  process.on("SIGTERM", () => void shutdown("SIGTERM"));
-  process.on("SIGINT", () => void shutdown("SIGINT"));
+  // SIGTERM/SIGINT: stop accepting, finish in-flight requests, flush pending KeyUsed (the app's onClose), close
+  // the pool, exit 0; past 10 s, or on an uncaught error, exit 1.
+  closeWithGrace(
+    { delay: 10_000, logger: { error: (message: unknown) => app.log.error(message) } },
+    async ({ signal, err }) => {
+      if (err) app.log.error({ err }, "uncaught error: shutting down");
+      else app.log.info({ signal }, "shutting down");
+      await app.close();
+      await db.destroy();
+    },
+  );
   await app.listen({ port: config.port, host: config.host });
 }
 

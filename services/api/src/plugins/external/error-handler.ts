@@ -1,16 +1,30 @@
-import type { FastifyError, FastifyInstance } from "fastify";
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
+import { isDatabaseUnavailable } from "../../database-errors";
 import { ApiError, errorBody } from "../../http-errors";
+
+export type ErrorHandlerOptions = {
+  /** Called on every 401 (failed authentication); an error it throws (the failed-auth 429) replaces the 401. */
+  onUnauthorized?: (request: FastifyRequest, reply: FastifyReply) => Promise<void>;
+};
 
 function statusOf(error: FastifyError): number {
   const status = error.statusCode ?? 500;
-  return status >= 400 && status < 600 ? status : 500;
+  if (status >= 400 && status < 600) return status;
+  // Postgres unreachable or too slow (connect timeout, statement timeout, lost connection): retryable.
+  return isDatabaseUnavailable(error) ? 503 : 500;
 }
 
 /** Every 4xx/5xx, including fastify's own (bad JSON, body too large, 404), answers with Daytona's error body. */
 export default fp(
-  async (app: FastifyInstance) => {
-    app.setErrorHandler((error: FastifyError, request, reply) => {
+  async (app: FastifyInstance, options: ErrorHandlerOptions) => {
+    app.setErrorHandler(async (thrown: FastifyError, request, reply) => {
+      let error = thrown;
+      if (options.onUnauthorized && error.statusCode === 401) {
+        await options.onUnauthorized(request, reply).catch((replacement: FastifyError) => {
+          error = replacement;
+        });
+      }
       const status = error instanceof ApiError ? error.statusCode : statusOf(error);
       if (error instanceof ApiError) reply.headers(error.headers);
       if (status >= 500) {
