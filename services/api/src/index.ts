@@ -2,3 +2,4 @@ export * from "./app";
 export * from "./commands/key-commands";
 export * from "./config";
 export * from "./database";
+export * from "./embedded-database";

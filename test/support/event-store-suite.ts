@@ -1,0 +1,150 @@
+import type { EventMetadata, KeyledgerEvent } from "@keyledger/domain";
+import {
+  appendToStream,
+  checkpointOf,
+  LOG_START,
+  type LogCheckpoint,
+  loadCheckpoint,
+  pendingMigrations,
+  type RecordedEvent,
+  readAllAfter,
+  readStream,
+  runMigrations,
+  StreamVersionConflict,
+  storeCheckpoint,
+} from "@keyledger/event-store";
+import type { Kysely } from "kysely";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { uniqueId } from "./api-harness";
+
+const metadata: EventMetadata = { actorUserId: "user-1", organizationId: "org-1", authMethod: "jwt", requestId: null };
+
+/** Events of made-up types: the store does not interpret `type` or `data`. */
+function event(type: string, data: Record<string, unknown>): KeyledgerEvent {
+  return { type, data } as unknown as KeyledgerEvent;
+}
+
+/** Whether the event comes after the checkpoint in commit order (transaction id, then global position). */
+function isAfter(e: RecordedEvent, checkpoint: LogCheckpoint): boolean {
+  const [t, p] = [BigInt(e.transactionId), BigInt(e.globalPosition)];
+  const [ct, cp] = [BigInt(checkpoint.transactionId), BigInt(checkpoint.globalPosition)];
+  return t > ct || (t === ct && p > cp);
+}
+
+function append(db: Kysely<unknown>, streamId: string, expectedVersion: number, events: KeyledgerEvent[]) {
+  return db.transaction().execute((trx) => appendToStream(trx, streamId, expectedVersion, events, metadata));
+}
+
+/**
+ * The event store's behaviour, run against any Kysely the store is meant to work on (Postgres through pg, and
+ * PGlite). Stream and checkpoint names are unique, so the suite can share a database with other tests.
+ */
+export function describeEventStore(label: string, open: () => Promise<Kysely<unknown>>) {
+  describe(`event store on ${label}`, () => {
+    let db: Kysely<unknown>;
+    beforeAll(async () => {
+      db = await open();
+      await runMigrations(db);
+    });
+    afterAll(async () => {
+      await db?.destroy();
+    });
+
+    it("runMigrations leaves no migration pending and applies nothing twice", async () => {
+      expect(await pendingMigrations(db)).toEqual([]);
+      const again = await runMigrations(db);
+      expect(again.applied).toEqual([]);
+      expect(again.alreadyApplied.length).toBeGreaterThanOrEqual(2);
+    });
+
+    it("appends to a stream and reads it back in version order", async () => {
+      const streamId = uniqueId("stream");
+      const first = await append(db, streamId, 0, [event("Opened", { n: 1 }), event("Noted", { n: 2 })]);
+      expect(first.map((e) => e.streamVersion)).toEqual([1, 2]);
+      expect(first[0]?.transactionId).toBe(first[1]?.transactionId);
+      expect(BigInt(first[1]?.globalPosition ?? 0)).toBeGreaterThan(BigInt(first[0]?.globalPosition ?? 0));
+      await append(db, streamId, 2, [event("Closed", { at: "2026-01-01T00:00:00.000Z" })]);
+
+      const read = await readStream(db, streamId);
+      expect(read.version).toBe(3);
+      expect(read.events.map((e) => [e.type, e.streamVersion, e.data])).toEqual([
+        ["Opened", 1, { n: 1 }],
+        ["Noted", 2, { n: 2 }],
+        ["Closed", 3, { at: "2026-01-01T00:00:00.000Z" }],
+      ]);
+      expect(read.events[0]?.metadata).toEqual(metadata);
+      expect(read.events[0]?.occurredAt).toBeInstanceOf(Date);
+      expect(typeof read.events[0]?.globalPosition).toBe("string");
+      expect(typeof read.events[0]?.transactionId).toBe("string");
+    });
+
+    it("leaves skipped event types out but still reports the last version", async () => {
+      const streamId = uniqueId("stream");
+      await append(db, streamId, 0, [event("Opened", {}), event("Used", {}), event("Used", {})]);
+      const read = await readStream(db, streamId, { skipTypes: ["Used"] });
+      expect(read.version).toBe(3);
+      expect(read.events.map((e) => e.type)).toEqual(["Opened"]);
+    });
+
+    it("reads an unknown stream as empty at version 0", async () => {
+      expect(await readStream(db, uniqueId("stream"))).toEqual({ version: 0, events: [] });
+    });
+
+    it("rejects an append at a stale version with StreamVersionConflict and appends nothing", async () => {
+      const streamId = uniqueId("stream");
+      await append(db, streamId, 0, [event("Opened", {})]);
+      await expect(append(db, streamId, 0, [event("Opened", { again: true })])).rejects.toBeInstanceOf(
+        StreamVersionConflict,
+      );
+      const read = await readStream(db, streamId);
+      expect(read.version).toBe(1);
+      expect(read.events.map((e) => e.data)).toEqual([{}]);
+    });
+
+    it("keeps nothing of a transaction that rolls back", async () => {
+      const streamId = uniqueId("stream");
+      await expect(
+        db.transaction().execute(async (trx) => {
+          await appendToStream(trx, streamId, 0, [event("Opened", {})], metadata);
+          throw new Error("command failed after appending");
+        }),
+      ).rejects.toThrow("command failed after appending");
+      expect(await readStream(db, streamId)).toEqual({ version: 0, events: [] });
+    });
+
+    it("reads the whole log after a checkpoint in commit order, up to the limit", async () => {
+      const a = uniqueId("stream");
+      const b = uniqueId("stream");
+      const [start] = await append(db, a, 0, [event("Opened", { i: 0 })]);
+      await append(db, b, 0, [event("Opened", { i: 1 })]);
+      await append(db, a, 1, [event("Noted", { i: 2 }), event("Noted", { i: 3 })]);
+      const checkpoint = checkpointOf(start as RecordedEvent);
+
+      const after = await readAllAfter(db, checkpoint, 10_000);
+      const mine = after.filter((e) => e.streamId === a || e.streamId === b);
+      expect(mine.map((e) => e.data)).toEqual([{ i: 1 }, { i: 2 }, { i: 3 }]);
+      expect(after.every((e) => isAfter(e, checkpoint))).toBe(true);
+      const order = after.map((e) => [BigInt(e.transactionId), BigInt(e.globalPosition)] as const);
+      const sorted = [...order].sort(([t1, p1], [t2, p2]) => (t1 !== t2 ? (t1 < t2 ? -1 : 1) : p1 < p2 ? -1 : 1));
+      expect(order).toEqual(sorted);
+
+      const one = await readAllAfter(db, checkpoint, 1);
+      expect(one).toHaveLength(1);
+      expect(await readAllAfter(db, LOG_START, 1)).toHaveLength(1);
+    });
+
+    it("stores and loads checkpoints, starting at LOG_START", async () => {
+      const name = uniqueId("reader");
+      expect(await loadCheckpoint(db, name)).toEqual(LOG_START);
+      const [first] = await append(db, uniqueId("stream"), 0, [event("Opened", {})]);
+      await db.transaction().execute((trx) => storeCheckpoint(trx, name, checkpointOf(first as RecordedEvent)));
+      expect(await loadCheckpoint(db, name)).toEqual(checkpointOf(first as RecordedEvent));
+      const [second] = await append(db, uniqueId("stream"), 0, [event("Opened", {})]);
+      await db.transaction().execute((trx) => storeCheckpoint(trx, name, checkpointOf(second as RecordedEvent)));
+      expect(await loadCheckpoint(db, name)).toEqual(checkpointOf(second as RecordedEvent));
+      expect(await readAllAfter(db, await loadCheckpoint(db, name), 10_000)).not.toContainEqual(
+        expect.objectContaining({ eventId: second?.eventId }),
+      );
+    });
+  });
+}
