@@ -1,5 +1,5 @@
 import type { AddressInfo } from "node:net";
-import { buildApp, createPostgresDatabase, type OnCommitted } from "@keyledger/api";
+import { type AppOptions, buildApp, createPostgresDatabase, type OnCommitted } from "@keyledger/api";
 import type { FastifyInstance } from "fastify";
 import type { Kysely } from "kysely";
 import { inject } from "vitest";
@@ -22,10 +22,24 @@ export type RunningApi = {
 
 /** Starts the API on a free port against the run's test database, with a test OIDC issuer. */
 export async function startApi(
-  options: { keyUsedThrottleMs?: number; onCommitted?: OnCommitted; logger?: unknown } = {},
+  options: {
+    keyUsedThrottleMs?: number;
+    onCommitted?: OnCommitted;
+    logger?: unknown;
+    rateLimits?: AppOptions["rateLimits"];
+    trustProxy?: AppOptions["trustProxy"];
+    /** Another way to the run's database (e.g. through a fault-injecting proxy). */
+    databaseUrl?: string;
+    /** Pool settings for fault tests (defaults: 10 connections, the service's timeouts). */
+    database?: { maxConnections?: number; statementTimeoutMs?: number };
+  } = {},
 ): Promise<RunningApi> {
   const issuer = await startTestIssuer();
-  const db = createPostgresDatabase({ connectionString: inject("databaseUrl"), maxConnections: 10 });
+  const db = createPostgresDatabase({
+    connectionString: options.databaseUrl ?? inject("databaseUrl"),
+    maxConnections: options.database?.maxConnections ?? 10,
+    statementTimeoutMs: options.database?.statementTimeoutMs,
+  });
   const app = await buildApp({
     db,
     oidc: { issuer: issuer.issuer, jwksUrl: issuer.jwksUrl, audience: issuer.audience },
@@ -34,6 +48,8 @@ export async function startApi(
     bodyLimitBytes: 16_384,
     logger: (options.logger as never) ?? false,
     onCommitted: options.onCommitted,
+    rateLimits: options.rateLimits,
+    trustProxy: options.trustProxy,
   });
   await app.listen({ port: 0, host: "127.0.0.1" });
   const { port } = app.server.address() as AddressInfo;
