@@ -1,0 +1,72 @@
+import type { RecordedEvent } from "@keyledger/event-store";
+import { type JetStreamClient, jetstream, type PubAck } from "@nats-io/jetstream";
+import { type BusLogger, type NatsLink, silentLogger } from "./connection";
+import { eventSubject } from "./subjects";
+import { encodeEventMessage } from "./wire";
+
+export type EventPublisherOptions = {
+  subjectPrefix: string;
+  /** How long to wait for a PubAck (default 5 s). */
+  publishTimeoutMs?: number;
+  log?: BusLogger;
+};
+
+/** The organization an event belongs to: every event carries it in its data and metadata. */
+export function organizationOf(event: RecordedEvent): string {
+  const fromData = (event.data as { organizationId?: unknown }).organizationId;
+  return typeof fromData === "string" ? fromData : event.metadata.organizationId;
+}
+
+/**
+ * Publishes log events to JetStream with `msgID` = event id, so a republish (relay after fast path, or after a
+ * crash before the checkpoint) is dropped by the stream's duplicate window.
+ */
+export class EventPublisher {
+  private js: JetStreamClient | undefined;
+  private readonly log: BusLogger;
+
+  constructor(
+    private readonly link: NatsLink,
+    private readonly options: EventPublisherOptions,
+  ) {
+    this.log = options.log ?? silentLogger;
+  }
+
+  private client(): JetStreamClient {
+    const nc = this.link.connection;
+    if (!nc || !this.link.connected) throw new Error("NATS is not connected");
+    if (!this.js) this.js = jetstream(nc, { timeout: this.options.publishTimeoutMs ?? 5_000 });
+    return this.js;
+  }
+
+  /** Publishes one event and resolves with the stream's acknowledgement. Rejects if NATS is not connected. */
+  publish(event: RecordedEvent): Promise<PubAck> {
+    let js: JetStreamClient;
+    try {
+      js = this.client();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return js.publish(
+      eventSubject(this.options.subjectPrefix, organizationOf(event), event.type),
+      encodeEventMessage(event),
+      {
+        msgID: event.eventId,
+        retries: 1,
+      },
+    );
+  }
+
+  /**
+   * Fast path: publishes events right after their command committed, without waiting. Failures are only logged
+   * (the relay publishes every event from the log anyway); nothing is attempted while NATS is down.
+   */
+  publishCommitted(events: readonly RecordedEvent[]): void {
+    if (!this.link.connected) return;
+    for (const event of events) {
+      this.publish(event).catch((error: unknown) => {
+        this.log.debug({ err: error, eventId: event.eventId }, "fast-path publish failed; the relay will publish it");
+      });
+    }
+  }
+}

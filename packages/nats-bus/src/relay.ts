@@ -1,0 +1,229 @@
+import {
+  checkpointOf,
+  type LogCheckpoint,
+  loadCheckpoint,
+  type RecordedEvent,
+  readAllAfter,
+  storeCheckpoint,
+} from "@keyledger/event-store";
+import { Kysely, PostgresDialect } from "kysely";
+import pg from "pg";
+import { type BusLogger, type NatsLink, silentLogger } from "./connection";
+import { EventPublisher } from "./publisher";
+import { ensureEventStream } from "./stream";
+
+export type EventRelayOptions = {
+  /** The relay opens its own session: it holds the advisory lock, LISTENs for appends, reads and checkpoints. */
+  databaseUrl: string;
+  link: NatsLink;
+  streamName: string;
+  subjectPrefix: string;
+  duplicateWindowMs?: number;
+  /** Checkpoint row (and advisory lock) name; default `nats-relay:<streamName>`. */
+  checkpointName?: string;
+  batchSize?: number;
+  /** Fallback poll when no notification arrives (default 500 ms). */
+  pollIntervalMs?: number;
+  /** How often a standby relay tries to take the lock (default 1 s). */
+  lockRetryMs?: number;
+  /** Wait after a failed publish or database error before trying again (default 500 ms). */
+  retryDelayMs?: number;
+  publishTimeoutMs?: number;
+  notifyChannel?: string;
+  log?: BusLogger;
+};
+
+export type RelayStats = { published: number; duplicates: number; failedPublishes: number };
+
+/** First key of the two-key advisory lock; the second is `hashtext(checkpointName)`. */
+const RELAY_LOCK_CLASS = 7_244_912;
+
+/** Kysely over one dedicated client, so every relay query runs in the session that holds the lock. */
+function sessionDatabase(client: pg.Client): Kysely<unknown> {
+  const pooled = { query: client.query.bind(client), release() {} };
+  return new Kysely<unknown>({
+    dialect: new PostgresDialect({
+      pool: {
+        connect: async () => pooled as unknown as pg.PoolClient,
+        end: async () => {},
+      } as unknown as pg.Pool,
+    }),
+  });
+}
+
+/**
+ * Publishes the whole log to JetStream, in commit-safe order, at least once. The checkpoint advances only after
+ * the PubAcks of everything before it. One relay is active per checkpoint name (a session advisory lock); the
+ * others wait and take over when its session ends.
+ */
+export class EventRelay {
+  private running = false;
+  private loop: Promise<void> | undefined;
+  private active = false;
+  private wakeRequested = false;
+  private wakeUp: (() => void) | undefined;
+  private current: LogCheckpoint | undefined;
+  private readonly publisher: EventPublisher;
+  private readonly log: BusLogger;
+  private readonly checkpointName: string;
+  private readonly unsubscribeLink: () => void;
+  readonly stats: RelayStats = { published: 0, duplicates: 0, failedPublishes: 0 };
+
+  constructor(private readonly options: EventRelayOptions) {
+    this.log = options.log ?? silentLogger;
+    this.checkpointName = options.checkpointName ?? `nats-relay:${options.streamName}`;
+    this.publisher = new EventPublisher(options.link, {
+      subjectPrefix: options.subjectPrefix,
+      publishTimeoutMs: options.publishTimeoutMs,
+      log: this.log,
+    });
+    this.unsubscribeLink = options.link.onChange(() => this.wake());
+  }
+
+  /** True while this relay holds the lock and publishes. */
+  get isActive(): boolean {
+    return this.active;
+  }
+
+  /** The last checkpoint this relay stored (undefined before it became active). */
+  get checkpoint(): LogCheckpoint | undefined {
+    return this.current;
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  /** Stops publishing and ends the session, which releases the lock for a standby relay. */
+  async stop(): Promise<void> {
+    this.running = false;
+    this.unsubscribeLink();
+    this.wake();
+    await this.loop;
+  }
+
+  /** Makes the loop look at the log now (called on NOTIFY and NATS reconnects). */
+  wake(): void {
+    this.wakeRequested = true;
+    this.wakeUp?.();
+  }
+
+  private pause(ms: number): Promise<void> {
+    if (this.wakeRequested || !this.running) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wakeUp = done;
+    }).finally(() => {
+      this.wakeUp = undefined;
+    });
+  }
+
+  private async run(): Promise<void> {
+    const retryDelay = this.options.retryDelayMs ?? 500;
+    while (this.running) {
+      const client = new pg.Client({ connectionString: this.options.databaseUrl, statement_timeout: 30_000 });
+      let broken: Error | undefined;
+      client.on("error", (error) => {
+        broken = error;
+        this.wake();
+      });
+      try {
+        await client.connect();
+        if (!(await this.acquireLock(client, () => broken))) continue;
+        this.active = true;
+        this.log.info({ checkpoint: this.checkpointName }, "event relay active");
+        await this.publishLoop(client, () => broken);
+      } catch (error) {
+        if (this.running) this.log.warn({ err: error }, "event relay interrupted; retrying");
+        await this.pause(retryDelay);
+      } finally {
+        if (this.active) this.log.info({ checkpoint: this.checkpointName }, "event relay inactive");
+        this.active = false;
+        await client.end().catch(() => {});
+      }
+    }
+  }
+
+  private async acquireLock(client: pg.Client, broken: () => Error | undefined): Promise<boolean> {
+    const retry = this.options.lockRetryMs ?? 1_000;
+    while (this.running) {
+      const err = broken();
+      if (err) throw err;
+      const result = await client.query<{ locked: boolean }>(
+        "SELECT pg_try_advisory_lock($1, hashtext($2)) AS locked",
+        [RELAY_LOCK_CLASS, this.checkpointName],
+      );
+      if (result.rows[0]?.locked) return true;
+      await this.pause(retry);
+      this.wakeRequested = false;
+    }
+    return false;
+  }
+
+  private async publishLoop(client: pg.Client, broken: () => Error | undefined): Promise<void> {
+    const { link } = this.options;
+    const channel = this.options.notifyChannel ?? "keyledger_events";
+    client.on("notification", () => this.wake());
+    await client.query(`LISTEN ${client.escapeIdentifier(channel)}`);
+    const db = sessionDatabase(client);
+    let checkpoint = await loadCheckpoint(db, this.checkpointName);
+    this.current = checkpoint;
+    let streamReady = false;
+    while (this.running) {
+      const err = broken();
+      if (err) throw err;
+      if (!link.connected) {
+        streamReady = false;
+        await this.pause(this.options.pollIntervalMs ?? 500);
+        this.wakeRequested = false;
+        continue;
+      }
+      if (!streamReady) {
+        const nc = link.connection;
+        if (!nc) continue;
+        await ensureEventStream(nc, this.options);
+        streamReady = true;
+      }
+      this.wakeRequested = false;
+      const events = await readAllAfter(db, checkpoint, this.options.batchSize ?? 500);
+      if (events.length === 0) {
+        await this.pause(this.options.pollIntervalMs ?? 500);
+        continue;
+      }
+      const acked = await this.publishInOrder(events);
+      if (acked > 0) {
+        checkpoint = checkpointOf(events[acked - 1] as RecordedEvent);
+        await storeCheckpoint(db, this.checkpointName, checkpoint);
+        this.current = checkpoint;
+      }
+      if (acked < events.length) await this.pause(this.options.retryDelayMs ?? 500);
+    }
+  }
+
+  /**
+   * Publishes a batch pipelined on one connection (the server stores it in send order) and returns how many
+   * events from the start of the batch were acknowledged without a gap.
+   */
+  private async publishInOrder(events: RecordedEvent[]): Promise<number> {
+    const results = await Promise.allSettled(events.map((event) => this.publisher.publish(event)));
+    let acked = 0;
+    for (const result of results) {
+      if (result.status !== "fulfilled") break;
+      acked += 1;
+      this.stats.published += 1;
+      if (result.value.duplicate) this.stats.duplicates += 1;
+    }
+    if (acked < events.length) {
+      this.stats.failedPublishes += 1;
+      const failure = results[acked] as PromiseRejectedResult;
+      this.log.warn({ err: failure.reason, pending: events.length - acked }, "relay publish failed; will retry");
+    }
+    return acked;
+  }
+}

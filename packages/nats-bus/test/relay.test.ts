@@ -1,0 +1,155 @@
+import { randomUUID } from "node:crypto";
+import { hashKeyValue, type KeyledgerEvent, keyStreamId } from "@keyledger/domain";
+import { appendToStream, LOG_START, notifyAppended, readAllAfter } from "@keyledger/event-store";
+import { Kysely, PostgresDialect, sql } from "kysely";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { uniqueId } from "../../../test/support/api-harness";
+import { readStreamEvents, testEventStream } from "../../../test/support/nats";
+import { EventPublisher, EventRelay, ensureEventStream, NatsLink, organizationSubjectFilter } from "../src/index";
+
+const databaseUrl = () => inject("databaseUrl");
+
+async function until(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+function keyCreated(organizationId: string, name: string): KeyledgerEvent {
+  return {
+    type: "KeyCreated",
+    data: {
+      keyId: randomUUID(),
+      organizationId,
+      userId: "user-1",
+      name,
+      keyHash: hashKeyValue(randomUUID()),
+      maskedValue: "dtn********************abc",
+      permissions: [],
+      createdAt: new Date().toISOString(),
+      expiresAt: null,
+    },
+  };
+}
+
+describe("event relay", () => {
+  const stream = testEventStream();
+  let db: Kysely<unknown>;
+  let link: NatsLink;
+
+  beforeAll(async () => {
+    db = new Kysely({
+      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: databaseUrl(), max: 4 }) }),
+    });
+    link = new NatsLink({ servers: stream.natsUrl, name: "relay-test" });
+    await link.whenConnected();
+  });
+  afterAll(async () => {
+    await stream.cleanup();
+    await link.close();
+    await db.destroy();
+  });
+
+  async function appendKeys(organizationId: string, count: number) {
+    for (let i = 0; i < count; i++) {
+      await db.transaction().execute(async (trx) => {
+        const event = keyCreated(organizationId, `k${i}`);
+        await appendToStream(trx, keyStreamId(organizationId, "user-1", `k${i}`), 0, [event], {
+          actorUserId: "user-1",
+          organizationId,
+          authMethod: "jwt",
+          requestId: null,
+        });
+        await notifyAppended(trx);
+      });
+    }
+  }
+
+  async function eventIdsInLog(organizationId: string): Promise<string[]> {
+    const result = await sql<{ event_id: string }>`
+      SELECT event_id FROM events WHERE data->>'organizationId' = ${organizationId}
+       ORDER BY transaction_id, global_position`.execute(db);
+    return result.rows.map((r) => r.event_id);
+  }
+
+  async function eventIdsInStream(organizationId: string): Promise<string[]> {
+    const messages = await readStreamEvents(
+      stream.natsUrl,
+      stream.streamName,
+      organizationSubjectFilter(stream.subjectPrefix, organizationId),
+    );
+    return messages.map((m) => m.event?.eventId ?? "?");
+  }
+
+  it("publishes every event of the log in commit order, once, and a republish is a duplicate", async () => {
+    const org = uniqueId("org.with dots");
+    await appendKeys(org, 5);
+    const relay = new EventRelay({ databaseUrl: databaseUrl(), link, ...stream, pollIntervalMs: 50 });
+    relay.start();
+    try {
+      const expected = await eventIdsInLog(org);
+      expect(expected).toHaveLength(5);
+      await until(async () => (await eventIdsInStream(org)).length >= 5, "the relay to publish");
+      expect(await eventIdsInStream(org)).toEqual(expected);
+
+      // Republishing an event already in the stream (what the fast path and a restarted relay do) is dropped.
+      const publisher = new EventPublisher(link, { subjectPrefix: stream.subjectPrefix });
+      const again = (await readAllAfter(db, LOG_START, 100_000)).find((e) => e.eventId === expected[0]);
+      if (!again) throw new Error("event not in the log");
+      const ack = await publisher.publish(again);
+      expect(ack.duplicate).toBe(true);
+      expect(await eventIdsInStream(org)).toEqual(expected);
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  it("runs one active relay per checkpoint; a standby takes over when the active one stops", async () => {
+    const checkpointName = `relay-test:${randomUUID()}`;
+    const options = {
+      databaseUrl: databaseUrl(),
+      link,
+      ...stream,
+      checkpointName,
+      pollIntervalMs: 50,
+      lockRetryMs: 100,
+    };
+    const first = new EventRelay(options);
+    const second = new EventRelay(options);
+    first.start();
+    await until(() => first.isActive, "the first relay to take the lock");
+    second.start();
+    const org = uniqueId("org");
+    await appendKeys(org, 3);
+    await until(async () => (await eventIdsInStream(org)).length >= 3, "the active relay to publish");
+    expect(first.isActive).toBe(true);
+    expect(second.isActive).toBe(false);
+
+    await first.stop();
+    await until(() => second.isActive, "the standby relay to take over");
+    const more = uniqueId("org");
+    await appendKeys(more, 2);
+    await until(async () => (await eventIdsInStream(more)).length >= 2, "the new active relay to publish");
+    expect(await eventIdsInStream(more)).toEqual(await eventIdsInLog(more));
+    expect(await eventIdsInStream(org)).toEqual(await eventIdsInLog(org));
+    await second.stop();
+  });
+
+  it("creates the stream when missing and leaves an existing one as it is", async () => {
+    const nc = link.connection;
+    if (!nc) throw new Error("not connected");
+    const own = testEventStream();
+    try {
+      const created = await ensureEventStream(nc, own);
+      expect(created.config.subjects).toEqual([`${own.subjectPrefix}.*.*`]);
+      expect(created.config.duplicate_window).toBe(120_000 * 1_000_000);
+      const again = await ensureEventStream(nc, own);
+      expect(again.config.subjects).toEqual(created.config.subjects);
+    } finally {
+      await own.cleanup();
+    }
+  });
+});

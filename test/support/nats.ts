@@ -1,0 +1,156 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { createServer, connect as tcpConnect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { decodeEventMessage, deleteEventStream, type EventMessage } from "@keyledger/nats-bus";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+
+/** The shared NATS server of this machine (JetStream on). Tests never reconfigure it: they use unique streams. */
+export const SHARED_NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
+
+export type TestEventStream = {
+  natsUrl: string;
+  streamName: string;
+  subjectPrefix: string;
+  /** Deletes the stream. */
+  cleanup(): Promise<void>;
+};
+
+/** A stream name and subject prefix unique to this test (`KEYLEDGER_TEST_<rand>`, `kltest<rand>.*.*`). */
+export function testEventStream(natsUrl = SHARED_NATS_URL): TestEventStream {
+  const rand = randomBytes(5).toString("hex");
+  const streamName = `KEYLEDGER_TEST_${rand}`;
+  return {
+    natsUrl,
+    streamName,
+    subjectPrefix: `kltest${rand}`,
+    async cleanup() {
+      const nc = await connect({ servers: natsUrl, timeout: 2_000 }).catch(() => undefined);
+      if (!nc) return;
+      try {
+        await deleteEventStream(nc, streamName);
+      } finally {
+        await nc.close();
+      }
+    },
+  };
+}
+
+/** Every message in the stream whose subject matches `filter`, in stream order, with its event decoded. */
+export async function readStreamEvents(
+  natsUrl: string,
+  streamName: string,
+  filter: string,
+): Promise<{ subject: string; seq: number; event: EventMessage | undefined }[]> {
+  const nc = await connect({ servers: natsUrl, timeout: 2_000 });
+  try {
+    const jsm = await jetstreamManager(nc);
+    const info = await jsm.streams.info(streamName, { subjects_filter: filter }).catch((error: Error) => {
+      if (error.name === "StreamNotFoundError" || /stream not found/i.test(error.message)) return undefined;
+      throw error;
+    });
+    if (!info) return [];
+    const total = Object.values(info.state.subjects ?? {}).reduce((sum, n) => sum + n, 0);
+    const out: { subject: string; seq: number; event: EventMessage | undefined }[] = [];
+    if (total === 0) return out;
+    const consumer = await jetstream(nc).consumers.get(streamName, { filter_subjects: filter });
+    while (out.length < total) {
+      const batch = await consumer.fetch({ max_messages: total - out.length, expires: 2_000 });
+      let received = 0;
+      for await (const m of batch) {
+        received += 1;
+        out.push({ subject: m.subject, seq: m.seq, event: decodeEventMessage(m.data) });
+      }
+      if (received === 0) break;
+    }
+    return out;
+  } finally {
+    await nc.close();
+  }
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function natsServerBinary(): string {
+  if (process.env.NATS_SERVER_BIN) return process.env.NATS_SERVER_BIN;
+  return existsSync("/usr/sbin/nats-server") ? "/usr/sbin/nats-server" : "nats-server";
+}
+
+function portAccepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = tcpConnect({ port, host: "127.0.0.1" });
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
+}
+
+export type OwnNatsServer = {
+  url: string;
+  port: number;
+  /** Starts the server (again) on the same port and store directory; resolves once it accepts connections. */
+  start(): Promise<void>;
+  /** Stops it (SIGTERM) and waits for the process to exit. */
+  stop(): Promise<void>;
+  /** Stops it and removes its store directory. */
+  close(): Promise<void>;
+};
+
+/** A private `nats-server -js` on a free port with its store in a temp dir, for fault tests (stop/start). */
+export async function startNatsServer(): Promise<OwnNatsServer> {
+  const port = await freePort();
+  const storeDir = await mkdtemp(join(tmpdir(), "keyledger-nats-"));
+  let child: ChildProcess | undefined;
+  const server: OwnNatsServer = {
+    url: `nats://127.0.0.1:${port}`,
+    port,
+    async start() {
+      if (child) return;
+      const proc = spawn(natsServerBinary(), ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", storeDir], {
+        stdio: "ignore",
+      });
+      child = proc;
+      let exited = false;
+      proc.once("exit", () => {
+        exited = true;
+      });
+      for (let i = 0; i < 200; i++) {
+        if (exited) throw new Error("nats-server exited at start");
+        if (await portAccepts(port)) return;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      throw new Error("nats-server did not start");
+    },
+    async stop() {
+      const proc = child;
+      child = undefined;
+      if (!proc || proc.exitCode !== null) return;
+      await new Promise<void>((resolve) => {
+        proc.once("exit", () => resolve());
+        proc.kill("SIGTERM");
+      });
+    },
+    async close() {
+      await server.stop();
+      await rm(storeDir, { recursive: true, force: true });
+    },
+  };
+  await server.start();
+  return server;
+}
