@@ -214,16 +214,27 @@ export class KeyCommands {
 
   /**
    * Sets or removes a member's access and, in the same transaction, revokes every live key of theirs in the
-   * organization that the new access no longer covers.
+   * organization that the new access no longer covers. With `inbox`, the message id is recorded in the same
+   * transaction and a message already processed changes nothing.
    */
-  changeMember(command: MemberCommand, context: CommandContext): Promise<{ revokedKeys: string[] }> {
+  changeMember(
+    command: MemberCommand,
+    context: CommandContext,
+    inbox?: { messageId: string; subject: string },
+  ): Promise<{ revokedKeys: string[]; duplicate: boolean }> {
     return this.run(async (trx, appended) => {
       const { organizationId, userId } = command.data;
+      if (inbox) {
+        const fresh = await sql`
+          INSERT INTO inbox (message_id, subject) VALUES (${inbox.messageId}, ${inbox.subject})
+          ON CONFLICT (message_id) DO NOTHING RETURNING message_id`.execute(trx);
+        if (fresh.rows.length === 0) return { revokedKeys: [], duplicate: true };
+      }
       await findMember(trx, organizationId, userId, "update");
       const streamId = memberStreamId(organizationId, userId);
       const { state, version } = await loadMember(trx, streamId);
       const events = decideMember(command, state);
-      if (events.length === 0) return { revokedKeys: [] };
+      if (events.length === 0) return { revokedKeys: [], duplicate: false };
       await this.append(trx, appended, streamId, version, events, context);
       const after = events.reduce(evolveMember, state);
       const liveKeys = await (trx as unknown as Kysely<ReadModelTables>)
@@ -246,7 +257,7 @@ export class KeyCommands {
         );
         revokedKeys.push(key.name);
       }
-      return { revokedKeys };
+      return { revokedKeys, duplicate: false };
     });
   }
 }

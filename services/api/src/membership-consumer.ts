@@ -1,0 +1,183 @@
+import { isMemberRole, isPermission, type MemberCommand, type Permission } from "@keyledger/domain";
+import {
+  AckPolicy,
+  type ConsumerMessages,
+  DeliverPolicy,
+  JetStreamApiError,
+  type JsMsg,
+  jetstream,
+  jetstreamManager,
+} from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { FastifyBaseLogger } from "fastify";
+import type { KeyCommands } from "./commands/key-commands";
+
+/**
+ * Membership changes published by the organizations service:
+ * `<prefix>.<organizationId>.members.<userId>.updated` with `{ role, permissions }`, and `.removed`.
+ */
+export type MembershipConsumerConfig = {
+  /** Subject prefix, default `organizations`. */
+  subjectPrefix: string;
+  /** Stream to create if no stream captures the subjects yet. */
+  streamName: string;
+  /** Durable consumer name: replicas share it, so each message is applied by one of them. */
+  durableName: string;
+};
+
+export type MembershipMessage = { subject: string; messageId: string; data: Uint8Array };
+
+export type MembershipOutcome =
+  | { status: "applied"; revokedKeys: string[] }
+  | { status: "duplicate" }
+  | { status: "rejected"; reason: string };
+
+const STREAM_NOT_FOUND = 10059;
+const CONSUMER_NOT_FOUND = 10014;
+const decoder = new TextDecoder();
+
+export function membershipSubjectFilter(prefix: string): string {
+  return `${prefix}.*.members.*.*`;
+}
+
+/** Parses one message into a membership command, or the reason it can never be applied. */
+export function parseMembershipMessage(
+  prefix: string,
+  message: MembershipMessage,
+  now: Date,
+): { command: MemberCommand } | { reason: string } {
+  const tokens = message.subject.split(".");
+  const prefixTokens = prefix.split(".").length;
+  const [organizationId, members, userId, action] = tokens.slice(prefixTokens);
+  if (tokens.length !== prefixTokens + 4 || members !== "members" || !organizationId || !userId) {
+    return { reason: "subject is not <prefix>.<organizationId>.members.<userId>.<updated|removed>" };
+  }
+  if (action === "removed") return { command: { type: "RemoveMember", data: { organizationId, userId, now } } };
+  if (action !== "updated") return { reason: `unknown action "${action}"` };
+  let payload: unknown;
+  try {
+    payload = JSON.parse(decoder.decode(message.data));
+  } catch {
+    return { reason: "payload is not JSON" };
+  }
+  const { role, permissions } = (payload ?? {}) as { role?: unknown; permissions?: unknown };
+  if (!isMemberRole(role)) return { reason: "role must be owner or member" };
+  if (!Array.isArray(permissions) || !permissions.every(isPermission)) {
+    return { reason: "permissions must be an array of known permissions" };
+  }
+  return {
+    command: {
+      type: "ChangeMemberAccess",
+      data: { organizationId, userId, role, permissions: permissions as Permission[], now },
+    },
+  };
+}
+
+/**
+ * Applies one membership message with the same rules as the internal HTTP routes. The message id is recorded in
+ * the applying transaction, so a redelivered message changes nothing.
+ */
+export async function applyMembershipMessage(
+  commands: KeyCommands,
+  prefix: string,
+  message: MembershipMessage,
+): Promise<MembershipOutcome> {
+  const now = new Date();
+  const parsed = parseMembershipMessage(prefix, message, now);
+  if ("reason" in parsed) return { status: "rejected", reason: parsed.reason };
+  const result = await commands.changeMember(
+    parsed.command,
+    {
+      now,
+      metadata: {
+        actorUserId: null,
+        organizationId: parsed.command.data.organizationId,
+        authMethod: "internal",
+        requestId: message.messageId,
+      },
+    },
+    { messageId: message.messageId, subject: message.subject },
+  );
+  return result.duplicate ? { status: "duplicate" } : { status: "applied", revokedKeys: result.revokedKeys };
+}
+
+/** Finds the stream that captures the membership subjects, creating `streamName` if none does. */
+async function ensureMembershipStream(nc: NatsConnection, config: MembershipConsumerConfig): Promise<string> {
+  const jsm = await jetstreamManager(nc);
+  const filter = membershipSubjectFilter(config.subjectPrefix);
+  try {
+    return await jsm.streams.find(filter);
+  } catch {
+    // No stream captures the subjects yet.
+  }
+  try {
+    const info = await jsm.streams.info(config.streamName);
+    await jsm.streams.update(config.streamName, { subjects: [...(info.config.subjects ?? []), filter] });
+  } catch (error) {
+    if (!(error instanceof JetStreamApiError) || error.code !== STREAM_NOT_FOUND) throw error;
+    await jsm.streams.add({ name: config.streamName, subjects: [filter] });
+  }
+  return config.streamName;
+}
+
+async function ensureDurableConsumer(nc: NatsConnection, stream: string, config: MembershipConsumerConfig) {
+  const jsm = await jetstreamManager(nc);
+  try {
+    await jsm.consumers.info(stream, config.durableName);
+  } catch (error) {
+    if (!(error instanceof JetStreamApiError) || error.code !== CONSUMER_NOT_FOUND) throw error;
+    await jsm.consumers.add(stream, {
+      durable_name: config.durableName,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      filter_subject: membershipSubjectFilter(config.subjectPrefix),
+      ack_wait: 30_000_000_000,
+      max_deliver: -1,
+    });
+  }
+}
+
+function messageIdOf(message: JsMsg): string {
+  return message.headers?.get("Nats-Msg-Id") || `${message.info.stream}:${message.seq}`;
+}
+
+/**
+ * Consumes membership changes from a durable JetStream consumer (at-least-once): acks after the change commits,
+ * naks (redelivery later) when the database fails, terminates messages that can never be applied.
+ */
+export async function startMembershipConsumer(
+  nc: NatsConnection,
+  commands: KeyCommands,
+  config: MembershipConsumerConfig,
+  log: FastifyBaseLogger,
+): Promise<{ stop(): Promise<void> }> {
+  const stream = await ensureMembershipStream(nc, config);
+  await ensureDurableConsumer(nc, stream, config);
+  const consumer = await jetstream(nc).consumers.get(stream, config.durableName);
+  const messages: ConsumerMessages = await consumer.consume({ max_messages: 64 });
+  const done = (async () => {
+    for await (const message of messages) {
+      const input = { subject: message.subject, messageId: messageIdOf(message), data: message.data };
+      try {
+        const outcome = await applyMembershipMessage(commands, config.subjectPrefix, input);
+        if (outcome.status === "rejected") {
+          log.warn({ subject: message.subject, reason: outcome.reason }, "membership message rejected");
+          message.term();
+        } else {
+          log.info({ subject: message.subject, outcome: outcome.status }, "membership message applied");
+          message.ack();
+        }
+      } catch (error) {
+        log.warn({ err: error, subject: message.subject }, "membership message failed; redelivering later");
+        message.nak(1_000);
+      }
+    }
+  })();
+  log.info({ stream, durable: config.durableName }, "consuming membership changes");
+  return {
+    async stop() {
+      await messages.close();
+      await done;
+    },
+  };
+}

@@ -1,0 +1,191 @@
+import { randomBytes } from "node:crypto";
+import { applyMembershipMessage, KeyCommands, startMembershipConsumer } from "@keyledger/api";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
+import { sql } from "kysely";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
+
+const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
+
+async function eventually<T>(probe: () => Promise<T>, done: (value: T) => boolean, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (done(value) || Date.now() > deadline) return value;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+describe("membership changes from the organizations service over NATS", () => {
+  const suffix = randomBytes(4).toString("hex");
+  const config = {
+    subjectPrefix: `kltest_orgs_${suffix}`,
+    streamName: `KLTEST_ORGS_${suffix}`,
+    durableName: "keyledger-membership",
+  };
+  let api: RunningApi;
+  let nc: NatsConnection;
+  let consumer: { stop(): Promise<void> };
+
+  beforeAll(async () => {
+    api = await startApi();
+    nc = await connect({ servers: NATS_URL });
+    consumer = await startMembershipConsumer(nc, new KeyCommands(api.db), config, api.app.log);
+  });
+  afterAll(async () => {
+    await consumer?.stop();
+    await (await jetstreamManager(nc)).streams.delete(config.streamName).catch(() => {});
+    await nc?.close();
+    await api?.close();
+  });
+
+  async function memberWithKeys(org: string, user: string) {
+    await api.setMember(org, user, "member", ["write:sandboxes", "read:volumes"]);
+    const headers = { ...(await api.jwtHeaders(user, org)), "content-type": "application/json" };
+    const create = async (name: string, permissions: string[]) => {
+      const res = await fetch(`${api.baseUrl}/api/api-keys`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify({ name, permissions }),
+      });
+      expect(res.status).toBe(201);
+      return ((await res.json()) as { value: string }).value;
+    };
+    return {
+      sandboxes: await create("sandboxes", ["write:sandboxes"]),
+      volumes: await create("volumes", ["read:volumes"]),
+    };
+  }
+
+  const status = (value: string) =>
+    fetch(`${api.baseUrl}/api/api-keys/current`, { headers: { authorization: `Bearer ${value}` } }).then(
+      (r) => r.status,
+    );
+
+  it("a downgrade revokes the keys holding a lost permission, and only those", async () => {
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    const keys = await memberWithKeys(org, user);
+    const h = headers();
+    h.set("Nats-Msg-Id", `downgrade-${org}`);
+    await jetstream(nc).publish(
+      `${config.subjectPrefix}.${org}.members.${user}.updated`,
+      JSON.stringify({ role: "member", permissions: ["read:volumes"] }),
+      { headers: h },
+    );
+    expect(
+      await eventually(
+        () => status(keys.sandboxes),
+        (s) => s === 401,
+      ),
+    ).toBe(401);
+    expect(await status(keys.volumes)).toBe(200);
+    const reasons = await sql<{ reason: string }>`
+      SELECT data->>'reason' AS reason FROM events
+       WHERE event_type = 'KeyRevoked' AND data->>'organizationId' = ${org}`.execute(api.db);
+    expect(reasons.rows.map((r) => r.reason)).toEqual(["permissions_unassigned"]);
+  });
+
+  it("redelivery of the same message changes nothing", async () => {
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    await memberWithKeys(org, user);
+    const message = {
+      subject: `${config.subjectPrefix}.${org}.members.${user}.updated`,
+      messageId: `redelivered-${org}`,
+      data: new TextEncoder().encode(JSON.stringify({ role: "member", permissions: [] })),
+    };
+    const commands = new KeyCommands(api.db);
+    const first = await applyMembershipMessage(commands, config.subjectPrefix, message);
+    expect(first.status).toBe("applied");
+    expect(first.status === "applied" && first.revokedKeys.sort()).toEqual(["sandboxes", "volumes"]);
+    // The organizations service re-grants access; a late redelivery of the old message must not downgrade again.
+    await api.setMember(org, user, "member", ["write:sandboxes", "read:volumes"]);
+    const count = async () =>
+      Number(
+        (
+          await sql<{ n: string }>`SELECT count(*) AS n FROM events WHERE data->>'organizationId' = ${org}`.execute(
+            api.db,
+          )
+        ).rows[0]?.n,
+      );
+    const before = await count();
+    expect(await applyMembershipMessage(commands, config.subjectPrefix, message)).toEqual({ status: "duplicate" });
+    expect(await count()).toBe(before);
+    const member = await sql<{ permissions: string[] }>`
+      SELECT permissions FROM organization_members WHERE organization_id = ${org} AND user_id = ${user}`.execute(
+      api.db,
+    );
+    expect(member.rows[0]?.permissions.sort()).toEqual(["read:volumes", "write:sandboxes"]);
+  });
+
+  it("removal revokes all of the member's keys in that organization", async () => {
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    const keys = await memberWithKeys(org, user);
+    await jetstream(nc).publish(`${config.subjectPrefix}.${org}.members.${user}.removed`, "");
+    expect(
+      await eventually(
+        () => status(keys.volumes),
+        (s) => s === 401,
+      ),
+    ).toBe(401);
+    expect(await status(keys.sandboxes)).toBe(401);
+  });
+
+  it("malformed messages are rejected without changing anything", async () => {
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    const keys = await memberWithKeys(org, user);
+    const commands = new KeyCommands(api.db);
+    for (const [subject, body] of [
+      [`${config.subjectPrefix}.${org}.members.${user}.updated`, "{not json"],
+      [`${config.subjectPrefix}.${org}.members.${user}.updated`, JSON.stringify({ role: "admin", permissions: [] })],
+      [
+        `${config.subjectPrefix}.${org}.members.${user}.updated`,
+        JSON.stringify({ role: "member", permissions: ["x"] }),
+      ],
+      [`${config.subjectPrefix}.${org}.members.${user}.promoted`, "{}"],
+      [`${config.subjectPrefix}.${org}.teams.${user}.updated`, "{}"],
+    ] as const) {
+      const outcome = await applyMembershipMessage(commands, config.subjectPrefix, {
+        subject,
+        messageId: `bad-${randomBytes(4).toString("hex")}`,
+        data: new TextEncoder().encode(body),
+      });
+      expect(outcome.status, subject).toBe("rejected");
+    }
+    expect(await status(keys.sandboxes)).toBe(200);
+  });
+
+  it("owners demoted to member keep only keys within the new permissions", async () => {
+    const org = uniqueId("org");
+    const owner = uniqueId("owner");
+    await api.setMember(org, owner, "owner");
+    const headers = { ...(await api.jwtHeaders(owner, org)), "content-type": "application/json" };
+    const create = async (name: string, permissions: string[]) =>
+      (
+        (await (
+          await fetch(`${api.baseUrl}/api/api-keys`, {
+            method: "POST",
+            headers,
+            body: JSON.stringify({ name, permissions }),
+          })
+        ).json()) as { value: string }
+      ).value;
+    const within = await create("within", ["read:volumes"]);
+    const beyond = await create("beyond", ["delete:runners"]);
+    await jetstream(nc).publish(
+      `${config.subjectPrefix}.${org}.members.${owner}.updated`,
+      JSON.stringify({ role: "member", permissions: ["read:volumes"] }),
+    );
+    expect(
+      await eventually(
+        () => status(beyond),
+        (s) => s === 401,
+      ),
+    ).toBe(401);
+    expect(await status(within)).toBe(200);
+  });
+});
