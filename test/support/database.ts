@@ -49,3 +49,29 @@ export async function countEvents(db: Kysely<unknown>, prefix?: string): Promise
       : await sql<{ n: string }>`SELECT count(*) AS n FROM events WHERE starts_with(stream_id, ${prefix})`.execute(db);
   return Number(result.rows[0]?.n ?? 0);
 }
+
+export type StoredEvent = {
+  global_position: string;
+  transaction_id: string;
+  stream_id: string;
+  stream_version: number;
+  event_type: string;
+  data: Record<string, unknown>;
+  metadata: Record<string, unknown>;
+};
+
+/** Every event about `organizationId` (each event type carries it in its data), in log order. */
+export async function eventsOfOrganization(db: Kysely<unknown>, organizationId: string): Promise<StoredEvent[]> {
+  const result = await sql<StoredEvent>`
+    SELECT global_position, transaction_id, stream_id, stream_version, event_type, data, metadata
+      FROM events WHERE data->>'organizationId' = ${organizationId} ORDER BY global_position`.execute(db);
+  return result.rows;
+}
+
+/** Events whose data or metadata text contains `needle` anywhere. */
+export async function eventsContaining(db: Kysely<unknown>, needle: string): Promise<StoredEvent[]> {
+  const result = await sql<StoredEvent>`
+    SELECT global_position, transaction_id, stream_id, stream_version, event_type, data, metadata
+      FROM events WHERE strpos(data::text, ${needle}) > 0 OR strpos(metadata::text, ${needle}) > 0`.execute(db);
+  return result.rows;
+}
