@@ -3,6 +3,7 @@ import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Kysely } from "kysely";
 import { KeyCommands, type OnCommitted } from "./commands/key-commands";
+import type { DevIssuer } from "./dev-issuer";
 import { KeyUsageRecorder } from "./key-usage-recorder";
 import authentication from "./plugins/app/authentication";
 import rateLimits, { type RateLimitSettings } from "./plugins/app/rate-limits";
@@ -11,12 +12,16 @@ import openapi from "./plugins/external/openapi";
 import apiKeyRoutes from "./routes/api-keys/index";
 import apiKeyRotationRoutes from "./routes/api-keys/rotation";
 import { ErrorSchema, PermissionSchema } from "./routes/api-keys/schemas";
+import devIssuerRoutes from "./routes/dev/index";
 import healthRoutes from "./routes/health/index";
 import internalMemberRoutes from "./routes/internal/members";
 
 export type AppOptions = {
   db: Kysely<unknown>;
-  oidc: { issuer: string; jwksUrl: string; audience: string | undefined };
+  /** The OIDC provider whose JWTs the API accepts; required unless `devIssuer` is given. */
+  oidc?: { issuer: string; jwksUrl: string; audience: string | undefined };
+  /** Development only: the API is its own issuer (keys at `/.well-known/jwks.json`, tokens from `POST /dev/tokens`). */
+  devIssuer?: DevIssuer;
   internalApiToken: string | undefined;
   keyUsedThrottleMs: number;
   bodyLimitBytes: number;
@@ -83,9 +88,14 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   await app.register(rateLimits, options.rateLimits ?? { failedAuth: null, authenticated: null });
   await app.register(errorHandler, { onUnauthorized: app.failedAuthentication });
   await app.register(openapi);
+  const devIssuer = options.devIssuer;
+  const oidc = devIssuer
+    ? { issuer: devIssuer.issuer, jwksUrl: devIssuer.jwksUrl, audience: devIssuer.audience, jwks: devIssuer.jwks }
+    : options.oidc;
+  if (oidc === undefined) throw new Error("buildApp needs oidc or devIssuer");
   await app.register(authentication, {
     db: options.db,
-    oidc: options.oidc,
+    oidc,
     onApiKeyUsed: (key, request) => usage.record(key, request.id),
   });
   await app.register(healthRoutes, { db: options.db });
@@ -94,5 +104,6 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   if (options.internalApiToken !== undefined) {
     await app.register(internalMemberRoutes, { commands, internalApiToken: options.internalApiToken });
   }
+  if (devIssuer) await app.register(devIssuerRoutes, { issuer: devIssuer, commands });
   return app;
 }

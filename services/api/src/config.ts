@@ -4,8 +4,14 @@ import { isIP } from "node:net";
 export type ApiConfig = {
   port: number;
   host: string;
-  databaseUrl: string;
-  oidc: { issuer: string; jwksUrl: string; audience: string | undefined };
+  /** Postgres; undefined: the embedded database (PGlite) in `dataDir`. */
+  databaseUrl: string | undefined;
+  /** The OIDC provider; undefined: the API is its own development issuer (refused when NODE_ENV=production). */
+  oidc: { issuer: string; jwksUrl: string; audience: string | undefined } | undefined;
+  /** Where the embedded database and the development issuer's key live. */
+  dataDir: string;
+  /** The API's own base URL: the development issuer's `iss`. */
+  publicUrl: string;
   internalApiToken: string | undefined;
   keyUsedThrottleMs: number;
   logLevel: string;
@@ -83,19 +89,33 @@ function rateLimit(env: Record<string, string | undefined>, name: string, limit:
 }
 
 export function parseApiConfig(env: Record<string, string | undefined>): ApiConfig {
-  const databaseUrl = url(env, "DATABASE_URL", true) as string;
-  const issuer = env.OIDC_ISSUER;
-  if (!issuer) throw new ConfigError("OIDC_ISSUER", "is required");
-  const jwksUrl = url(env, "OIDC_JWKS_URL", true) as string;
+  const databaseUrl = url(env, "DATABASE_URL", false);
+  const issuer = env.OIDC_ISSUER || undefined;
+  const jwksUrl = url(env, "OIDC_JWKS_URL", false);
+  if (issuer === undefined && jwksUrl !== undefined) {
+    throw new ConfigError("OIDC_ISSUER", "is required with OIDC_JWKS_URL");
+  }
+  if (issuer !== undefined && jwksUrl === undefined) {
+    throw new ConfigError("OIDC_JWKS_URL", "is required with OIDC_ISSUER");
+  }
+  if (issuer === undefined && env.NODE_ENV === "production") {
+    throw new ConfigError("OIDC_ISSUER", "is required when NODE_ENV=production (the development issuer is refused)");
+  }
+  const port = integer(env, "PORT", 3000, 0, 65535);
   const internalApiToken = env.INTERNAL_API_TOKEN || undefined;
   if (internalApiToken !== undefined && internalApiToken.length < 16) {
     throw new ConfigError("INTERNAL_API_TOKEN", "must be at least 16 characters");
   }
   return {
-    port: integer(env, "PORT", 3000, 0, 65535),
+    port,
     host: env.HOST || "0.0.0.0",
     databaseUrl,
-    oidc: { issuer, jwksUrl, audience: env.OIDC_AUDIENCE || undefined },
+    oidc:
+      issuer !== undefined && jwksUrl !== undefined
+        ? { issuer, jwksUrl, audience: env.OIDC_AUDIENCE || undefined }
+        : undefined,
+    dataDir: env.KEYLEDGER_DATA_DIR || ".keyledger",
+    publicUrl: url(env, "PUBLIC_URL", false) ?? `http://localhost:${port}`,
     internalApiToken,
     keyUsedThrottleMs: integer(env, "KEY_USED_THROTTLE_MS", 10_000, 0, 86_400_000),
     logLevel: env.LOG_LEVEL || "info",

@@ -1,8 +1,11 @@
+import { join, resolve } from "node:path";
 import { runMigrations } from "@keyledger/event-store";
 import closeWithGrace from "close-with-grace";
 import { buildApp, LOG_REDACTIONS } from "./app";
 import { ConfigError, parseApiConfig } from "./config";
 import { createPostgresDatabase } from "./database";
+import { loadDevIssuer } from "./dev-issuer";
+import { EmbeddedDatabaseBusy, openEmbeddedDatabase } from "./embedded-database";
 
 /** The only place that reads the environment. */
 async function main() {
@@ -16,11 +19,17 @@ async function main() {
     }
     throw error;
   }
-  const db = createPostgresDatabase({ connectionString: config.databaseUrl });
+  const db = config.databaseUrl
+    ? createPostgresDatabase({ connectionString: config.databaseUrl })
+    : await openEmbeddedDatabase({ dataDir: config.dataDir });
   await runMigrations(db);
+  const devIssuer = config.oidc
+    ? undefined
+    : await loadDevIssuer({ issuer: config.publicUrl, keyFile: join(config.dataDir, "dev-issuer-key.json") });
   const app = await buildApp({
     db,
     oidc: config.oidc,
+    devIssuer,
     internalApiToken: config.internalApiToken,
     keyUsedThrottleMs: config.keyUsedThrottleMs,
     bodyLimitBytes: config.bodyLimitBytes,
@@ -28,6 +37,23 @@ async function main() {
     trustProxy: config.trustProxy,
     logger: { level: config.logLevel, redact: { paths: LOG_REDACTIONS, censor: "[redacted]" } },
   });
+  if (!config.databaseUrl) {
+    app.log.warn(
+      { dataDir: resolve(config.dataDir) },
+      "DATABASE_URL is not set: using the embedded database (PGlite), one process only; set DATABASE_URL for Postgres",
+    );
+  }
+  if (devIssuer) {
+    app.log.warn(
+      {
+        issuer: devIssuer.issuer,
+        jwksUrl: devIssuer.jwksUrl,
+        keyFile: devIssuer.keyFile && resolve(devIssuer.keyFile),
+      },
+      "DEVELOPMENT ONLY: OIDC_ISSUER is not set, so this API issues and trusts its own JWTs " +
+        "(pnpm keyledger dev-token). Never expose it; NODE_ENV=production refuses to start without OIDC",
+    );
+  }
   if (config.internalApiToken === undefined) {
     app.log.warn("INTERNAL_API_TOKEN is not set: the internal membership routes are off");
   }
@@ -46,6 +72,12 @@ async function main() {
 }
 
 main().catch((error) => {
+  if (error instanceof EmbeddedDatabaseBusy) {
+    process.stderr.write(
+      `keyledger: failed to start: ${error.message} (is another \`pnpm start\` running? stop it, or set DATABASE_URL)\n`,
+    );
+    process.exit(1);
+  }
   process.stderr.write(`keyledger: failed to start: ${(error as Error).message}\n`);
   process.exit(1);
 });

@@ -1,7 +1,7 @@
 import { hashKeyValue, isWellFormedKey, type MemberRole, type Permission } from "@keyledger/domain";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
-import { createRemoteJWKSet, type JWTVerifyGetKey, jwtVerify } from "jose";
+import { createLocalJWKSet, createRemoteJWKSet, type JSONWebKeySet, type JWTVerifyGetKey, jwtVerify } from "jose";
 import type { Kysely } from "kysely";
 import { ApiError, invalidAuthContext, invalidCredentials } from "../../http-errors";
 import { type ApiKeyRow, findApiKeyByHash, findMember, validUntilForValue } from "../../read-model-queries";
@@ -41,7 +41,8 @@ declare module "fastify" {
 
 export type AuthenticationOptions = {
   db: Kysely<unknown>;
-  oidc: { issuer: string; jwksUrl: string; audience: string | undefined };
+  /** `jwks`, when given, is the key set itself (the development issuer's): nothing is fetched from `jwksUrl`. */
+  oidc: { issuer: string; jwksUrl: string; audience: string | undefined; jwks?: JSONWebKeySet };
   /** Called after a successful API-key authentication (records `KeyUsed`, throttled). */
   onApiKeyUsed: (key: ApiKeyRow, request: FastifyRequest) => void;
 };
@@ -64,10 +65,9 @@ function bearerToken(request: FastifyRequest): string {
  */
 export default fp(
   async (app: FastifyInstance, options: AuthenticationOptions) => {
-    const jwks: JWTVerifyGetKey = createRemoteJWKSet(new URL(options.oidc.jwksUrl), {
-      timeoutDuration: 5000,
-      cooldownDuration: 30_000,
-    });
+    const jwks: JWTVerifyGetKey = options.oidc.jwks
+      ? createLocalJWKSet(options.oidc.jwks)
+      : createRemoteJWKSet(new URL(options.oidc.jwksUrl), { timeoutDuration: 5000, cooldownDuration: 30_000 });
 
     async function authenticateJwt(request: FastifyRequest, token: string): Promise<JwtAuthContext> {
       let userId: string;
