@@ -1,0 +1,50 @@
+import type { KeyLookup, LookupResult, VerifiedKey } from "./types";
+
+/**
+ * The header the API sets on a 401 for an API key, telling a verifier why (`not_found`, `expired`, `revoked`).
+ * The body stays Daytona's `Invalid credentials`.
+ */
+export const KEY_STATUS_HEADER = "x-keyledger-key-status";
+
+function failureFromHeader(value: string | null): Extract<LookupResult, { valid: false }>["code"] {
+  if (value === "revoked") return "REVOKED";
+  if (value === "expired") return "EXPIRED";
+  return "NOT_FOUND";
+}
+
+/**
+ * A lookup over HTTP: `GET <apiUrl>/api/api-keys/current` with the key as bearer and `Cache-Control: no-cache`, so
+ * the API answers from its database rather than from its own verifier cache.
+ */
+export function apiLookup(apiUrl: string, options: { timeoutMs?: number } = {}): KeyLookup {
+  const url = new URL("/api/api-keys/current", apiUrl).toString();
+  const timeoutMs = options.timeoutMs ?? 5_000;
+  return async (bearer) => {
+    const response = await fetch(url, {
+      headers: { authorization: `Bearer ${bearer}`, "cache-control": "no-cache", accept: "application/json" },
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    if (response.status === 401) {
+      await response.body?.cancel();
+      return { valid: false, code: failureFromHeader(response.headers.get(KEY_STATUS_HEADER)) };
+    }
+    if (response.status !== 200) {
+      await response.body?.cancel();
+      throw new Error(`key lookup failed: HTTP ${response.status}`);
+    }
+    const body = (await response.json()) as Partial<VerifiedKey>;
+    if (typeof body.name !== "string" || typeof body.userId !== "string" || typeof body.organizationId !== "string") {
+      throw new Error("key lookup failed: unexpected body");
+    }
+    return {
+      valid: true,
+      key: {
+        name: body.name,
+        userId: body.userId,
+        organizationId: body.organizationId,
+        permissions: Array.isArray(body.permissions) ? body.permissions.filter((p) => typeof p === "string") : [],
+        expiresAt: typeof body.expiresAt === "string" ? body.expiresAt : null,
+      },
+    };
+  };
+}

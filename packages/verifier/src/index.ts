@@ -1,0 +1,3 @@
+export * from "./api-lookup";
+export * from "./types";
+export * from "./verifier";

@@ -1,0 +1,32 @@
+/** What a verified key grants: its owner, organization, permissions and end of validity. */
+export type VerifiedKey = {
+  name: string;
+  userId: string;
+  organizationId: string;
+  permissions: string[];
+  /** ISO date-time, or null for a key that does not expire. */
+  expiresAt: string | null;
+};
+
+export type VerifyFailureCode = "MALFORMED" | "NOT_FOUND" | "EXPIRED" | "REVOKED";
+
+export type VerifyResult<K extends VerifiedKey = VerifiedKey> =
+  | { valid: true; key: K }
+  | { valid: false; code: VerifyFailureCode };
+
+/** The authoritative answer for one key; `MALFORMED` is decided before any lookup. */
+export type LookupResult<K extends VerifiedKey = VerifiedKey> =
+  | { valid: true; key: K }
+  | { valid: false; code: Exclude<VerifyFailureCode, "MALFORMED"> };
+
+/**
+ * Asks the source of truth about a well-formed key: gateways call the API (`GET /api/api-keys/current`), the API
+ * itself reads its database. Rejects when the source cannot be reached (the caller answers 503, never "valid").
+ */
+export type KeyLookup<K extends VerifiedKey = VerifiedKey> = (
+  bearer: string,
+  keyHash: string,
+) => Promise<LookupResult<K>>;
+
+/** An event as the verifier needs it: its type and data (the NATS message body has more). */
+export type InvalidatingEvent = { type: string; data: Record<string, unknown> };

@@ -1,0 +1,384 @@
+import { hash } from "node:crypto";
+import { isWellFormedKey } from "@keyledger/domain";
+import {
+  type BusLogger,
+  DEFAULT_SUBJECT_PREFIX,
+  decodeEventMessage,
+  eventSubjectFilter,
+  KeyUseReporter,
+  NatsLink,
+  silentLogger,
+} from "@keyledger/nats-bus";
+import type { Subscription } from "@nats-io/transport-node";
+import { apiLookup } from "./api-lookup";
+import type { InvalidatingEvent, KeyLookup, LookupResult, VerifiedKey, VerifyResult } from "./types";
+
+export type VerifierCacheOptions = {
+  /** Most keys kept (default 100,000); the oldest entry is dropped first. */
+  maxEntries?: number;
+  /** How long a valid key is trusted without asking again (default 60 s; never past the key's `expiresAt`). */
+  ttlMs?: number;
+  /** How long a negative answer (unknown, expired, revoked) is kept (default 2 s, at most `ttlMs`). */
+  negativeTtlMs?: number;
+};
+
+export type VerifierOptions<K extends VerifiedKey = VerifiedKey> = {
+  /** Base URL of the API, used for cache misses unless `lookup` is given. */
+  apiUrl?: string;
+  /** The authoritative lookup on a miss (the API passes a database lookup). */
+  lookup?: KeyLookup<K>;
+  /** NATS for invalidation events. Without it nothing is cached: every verify asks `lookup`. */
+  natsUrl?: string;
+  subjectPrefix?: string;
+  cache?: VerifierCacheOptions;
+  lookupTimeoutMs?: number;
+  /** Publish verified uses over NATS in batches so the API records `KeyUsed` (gateways turn this on). */
+  keyUseReports?: { intervalMs?: number };
+  /** Client name on the NATS server. */
+  name?: string;
+  log?: BusLogger;
+};
+
+export type VerifierStats = {
+  hits: number;
+  misses: number;
+  lookups: number;
+  invalidations: number;
+  flushes: number;
+};
+
+export interface Verifier<K extends VerifiedKey = VerifiedKey> {
+  /**
+   * Verifies an API key. A cache hit is a SHA-256 and a map lookup. `bypassCache` asks the lookup even when
+   * subscribed (the API does so for gateways' misses). Rejects only when the lookup cannot be done.
+   */
+  verify(bearer: string, options?: { bypassCache?: boolean }): Promise<VerifyResult<K>>;
+  /** True while the invalidation subscription is live: only then is the cache used. */
+  readonly subscribed: boolean;
+  /** Resolves true once subscribed (false if closed first, or at once when there is no NATS). */
+  whenSubscribed(): Promise<boolean>;
+  /** Applies an event directly (the API does so right after its own commits). */
+  applyEvent(event: InvalidatingEvent): void;
+  readonly stats: VerifierStats;
+  readonly cacheSize: number;
+  close(): Promise<void>;
+}
+
+type CacheEntry<K extends VerifiedKey> = {
+  result: VerifyResult<K>;
+  promise: Promise<VerifyResult<K>>;
+  expiresAtMs: number;
+  /** `organizationId \0 userId` of a valid key, to drop a member's keys. */
+  owner: string | undefined;
+  /** When this entry's use was last handed to the key-use reporter. */
+  reportedAtMs: number;
+};
+
+type Flight<K extends VerifiedKey> = { promise: Promise<VerifyResult<K>>; stale: boolean; epoch: number };
+
+const MALFORMED: VerifyResult<never> = Object.freeze({ valid: false, code: "MALFORMED" });
+const MALFORMED_PROMISE: Promise<VerifyResult<never>> = Promise.resolve(MALFORMED);
+
+function ownerOf(organizationId: string, userId: string): string {
+  return `${organizationId}\u0000${userId}`;
+}
+
+function sha256Hex(value: string): string {
+  return hash("sha256", value);
+}
+
+/** Event types that never change whether a key verifies. */
+const IGNORED_EVENTS = new Set(["KeyUsed"]);
+const KEY_HASH_FIELD = /keyhash$/i;
+
+class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
+  private readonly cache = new Map<string, CacheEntry<K>>();
+  private readonly byOwner = new Map<string, Set<string>>();
+  private readonly inFlight = new Map<string, Flight<K>>();
+  private readonly lookup: KeyLookup<K>;
+  private readonly maxEntries: number;
+  private readonly ttlMs: number;
+  private readonly negativeTtlMs: number;
+  private readonly link: NatsLink | undefined;
+  private readonly reporter: KeyUseReporter | undefined;
+  private readonly reportIntervalMs: number;
+  private readonly log: BusLogger;
+  private subscription: Subscription | undefined;
+  private isSubscribed = false;
+  private closed = false;
+  /** Changes whenever the cache becomes (un)trustworthy; a lookup begun in another epoch is not cached. */
+  private epoch = 0;
+  private readonly subscribedWaiters = new Set<(value: boolean) => void>();
+  readonly stats: VerifierStats = { hits: 0, misses: 0, lookups: 0, invalidations: 0, flushes: 0 };
+
+  constructor(options: VerifierOptions<K>) {
+    this.log = options.log ?? silentLogger;
+    if (options.lookup) this.lookup = options.lookup;
+    else if (options.apiUrl)
+      this.lookup = apiLookup(options.apiUrl, { timeoutMs: options.lookupTimeoutMs }) as KeyLookup<K>;
+    else throw new TypeError("createVerifier needs apiUrl or lookup");
+    this.maxEntries = options.cache?.maxEntries ?? 100_000;
+    this.ttlMs = options.cache?.ttlMs ?? 60_000;
+    this.negativeTtlMs = Math.min(options.cache?.negativeTtlMs ?? 2_000, this.ttlMs);
+    this.reportIntervalMs = options.keyUseReports?.intervalMs ?? 1_000;
+    if (options.natsUrl) {
+      const prefix = options.subjectPrefix ?? DEFAULT_SUBJECT_PREFIX;
+      this.link = new NatsLink({ servers: options.natsUrl, name: options.name ?? "keyledger-verifier", log: this.log });
+      this.link.onChange((state) => {
+        if (state === "connected") void this.subscribe(prefix);
+        else this.unsubscribed(state);
+      });
+      if (options.keyUseReports) {
+        this.reporter = new KeyUseReporter(this.link, { subjectPrefix: prefix, intervalMs: this.reportIntervalMs });
+      }
+    }
+  }
+
+  get subscribed(): boolean {
+    return this.isSubscribed;
+  }
+
+  get cacheSize(): number {
+    return this.cache.size;
+  }
+
+  whenSubscribed(): Promise<boolean> {
+    if (this.isSubscribed) return Promise.resolve(true);
+    if (!this.link || this.closed) return Promise.resolve(false);
+    return new Promise((resolve) => this.subscribedWaiters.add(resolve));
+  }
+
+  verify(bearer: string, options?: { bypassCache?: boolean }): Promise<VerifyResult<K>> {
+    if (typeof bearer !== "string" || bearer.length === 0) return MALFORMED_PROMISE;
+    if (!this.isSubscribed || options?.bypassCache) {
+      if (!isWellFormedKey(bearer)) return MALFORMED_PROMISE;
+      this.stats.misses += 1;
+      const keyHash = sha256Hex(bearer);
+      return this.callLookup(bearer, keyHash).then((result) => {
+        if (result.valid && this.reporter) this.reporter.record(keyHash);
+        return result;
+      });
+    }
+    const keyHash = sha256Hex(bearer);
+    const entry = this.cache.get(keyHash);
+    if (entry !== undefined) {
+      const now = Date.now();
+      if (entry.expiresAtMs > now) {
+        this.stats.hits += 1;
+        if (this.reporter !== undefined && entry.result.valid && now - entry.reportedAtMs >= this.reportIntervalMs) {
+          entry.reportedAtMs = now;
+          this.reporter.record(keyHash);
+        }
+        return entry.promise;
+      }
+      this.remove(keyHash, entry);
+      const key = entry.result.valid ? entry.result.key : undefined;
+      if (key?.expiresAt != null && Date.parse(key.expiresAt) <= now) {
+        // A key's expiry never moves: once past it, the answer is known without asking.
+        this.stats.hits += 1;
+        return this.store(keyHash, { valid: false, code: "EXPIRED" }).promise;
+      }
+    }
+    return this.miss(bearer, keyHash);
+  }
+
+  private callLookup(bearer: string, keyHash: string): Promise<VerifyResult<K>> {
+    this.stats.lookups += 1;
+    return this.lookup(bearer, keyHash).then((result) => {
+      if (result.valid && result.key.expiresAt !== null && Date.parse(result.key.expiresAt) <= Date.now()) {
+        return { valid: false, code: "EXPIRED" } as LookupResult<K>;
+      }
+      return result;
+    });
+  }
+
+  private miss(bearer: string, keyHash: string): Promise<VerifyResult<K>> {
+    const pending = this.inFlight.get(keyHash);
+    if (pending !== undefined) return pending.promise;
+    if (!isWellFormedKey(bearer)) return MALFORMED_PROMISE;
+    this.stats.misses += 1;
+    const flight: Flight<K> = { promise: undefined as never, stale: false, epoch: this.epoch };
+    flight.promise = this.callLookup(bearer, keyHash).then(
+      (result) => {
+        if (this.inFlight.get(keyHash) === flight) this.inFlight.delete(keyHash);
+        if (!flight.stale && this.isSubscribed && flight.epoch === this.epoch) {
+          const entry = this.store(keyHash, result);
+          if (result.valid && this.reporter) {
+            entry.reportedAtMs = Date.now();
+            this.reporter.record(keyHash);
+          }
+        } else if (result.valid && this.reporter) {
+          this.reporter.record(keyHash);
+        }
+        return result;
+      },
+      (error: unknown) => {
+        if (this.inFlight.get(keyHash) === flight) this.inFlight.delete(keyHash);
+        throw error;
+      },
+    );
+    this.inFlight.set(keyHash, flight);
+    return flight.promise;
+  }
+
+  private store(keyHash: string, result: VerifyResult<K>): CacheEntry<K> {
+    const now = Date.now();
+    let expiresAtMs = now + (result.valid ? this.ttlMs : this.negativeTtlMs);
+    if (result.valid && result.key.expiresAt !== null) {
+      expiresAtMs = Math.min(expiresAtMs, Date.parse(result.key.expiresAt));
+    }
+    const frozen = Object.freeze(result) as VerifyResult<K>;
+    const entry: CacheEntry<K> = {
+      result: frozen,
+      promise: Promise.resolve(frozen),
+      expiresAtMs,
+      owner: result.valid ? ownerOf(result.key.organizationId, result.key.userId) : undefined,
+      reportedAtMs: 0,
+    };
+    if (expiresAtMs <= now) return entry;
+    const previous = this.cache.get(keyHash);
+    if (previous !== undefined) this.remove(keyHash, previous);
+    while (this.cache.size >= this.maxEntries) {
+      const oldest = this.cache.entries().next().value;
+      if (oldest === undefined) break;
+      this.remove(oldest[0], oldest[1]);
+    }
+    this.cache.set(keyHash, entry);
+    if (entry.owner !== undefined) {
+      let hashes = this.byOwner.get(entry.owner);
+      if (hashes === undefined) {
+        hashes = new Set();
+        this.byOwner.set(entry.owner, hashes);
+      }
+      hashes.add(keyHash);
+    }
+    return entry;
+  }
+
+  private remove(keyHash: string, entry: CacheEntry<K>): void {
+    this.cache.delete(keyHash);
+    if (entry.owner === undefined) return;
+    const hashes = this.byOwner.get(entry.owner);
+    hashes?.delete(keyHash);
+    if (hashes?.size === 0) this.byOwner.delete(entry.owner);
+  }
+
+  /** Forgets a key; a lookup for it that is under way is neither shared further nor cached. */
+  private invalidate(keyHash: string, tombstone?: "REVOKED"): void {
+    this.stats.invalidations += 1;
+    const flight = this.inFlight.get(keyHash);
+    if (flight !== undefined) {
+      flight.stale = true;
+      this.inFlight.delete(keyHash);
+    }
+    const entry = this.cache.get(keyHash);
+    if (entry !== undefined) this.remove(keyHash, entry);
+    // A revoked value never becomes valid again: remember it (for a TTL) if it was in use here.
+    if (tombstone !== undefined && (entry !== undefined || flight !== undefined) && this.isSubscribed) {
+      const revoked = this.store(keyHash, { valid: false, code: tombstone });
+      revoked.expiresAtMs = Date.now() + this.ttlMs;
+    }
+  }
+
+  private invalidateOwner(organizationId: string, userId: string): void {
+    this.stats.invalidations += 1;
+    const hashes = this.byOwner.get(ownerOf(organizationId, userId));
+    if (hashes !== undefined) {
+      for (const keyHash of [...hashes]) {
+        const entry = this.cache.get(keyHash);
+        if (entry !== undefined) this.remove(keyHash, entry);
+      }
+    }
+    // Lookups under way may belong to this member: none of them is cached.
+    this.abandonFlights();
+  }
+
+  private abandonFlights(): void {
+    for (const flight of this.inFlight.values()) flight.stale = true;
+    this.inFlight.clear();
+  }
+
+  applyEvent(event: InvalidatingEvent): void {
+    if (IGNORED_EVENTS.has(event.type)) return;
+    const data = event.data;
+    switch (event.type) {
+      case "KeyRevoked":
+        if (typeof data.keyHash === "string") this.invalidate(data.keyHash, "REVOKED");
+        return;
+      case "KeyCreated":
+        // Drops a cached "not found" for the new value.
+        if (typeof data.keyHash === "string") this.invalidate(data.keyHash);
+        return;
+      case "MemberAccessChanged":
+      case "MemberRemoved":
+        if (typeof data.organizationId === "string" && typeof data.userId === "string") {
+          this.invalidateOwner(data.organizationId, data.userId);
+        }
+        return;
+      default:
+        // Any other event (e.g. `KeyRotated`) drops every key hash it names; the next verify asks again.
+        for (const [field, value] of Object.entries(data)) {
+          if (KEY_HASH_FIELD.test(field) && typeof value === "string") this.invalidate(value);
+        }
+    }
+  }
+
+  private async subscribe(prefix: string): Promise<void> {
+    const nc = this.link?.connection;
+    if (!nc || this.closed) return;
+    if (this.subscription === undefined) {
+      // A core subscription: every verifier sees every event, with no stream hop. The client resubscribes on
+      // reconnect; the flush below confirms the server has the subscription before the cache is trusted.
+      this.subscription = nc.subscribe(eventSubjectFilter(prefix), {
+        callback: (error, msg) => {
+          if (error) return;
+          const event = decodeEventMessage(msg.data);
+          if (event !== undefined) this.applyEvent(event);
+        },
+      });
+    }
+    try {
+      await nc.flush();
+    } catch {
+      return;
+    }
+    if (!this.link?.connected || this.closed || this.isSubscribed) return;
+    this.epoch += 1;
+    this.isSubscribed = true;
+    this.log.info({}, "verifier subscribed: cache on");
+    for (const resolve of this.subscribedWaiters) resolve(true);
+    this.subscribedWaiters.clear();
+  }
+
+  /** NATS is gone: events may be missed from now on, so nothing cached can be trusted. */
+  private unsubscribed(state: string): void {
+    this.epoch += 1;
+    const wasSubscribed = this.isSubscribed;
+    this.isSubscribed = false;
+    this.cache.clear();
+    this.byOwner.clear();
+    this.abandonFlights();
+    this.stats.flushes += 1;
+    if (wasSubscribed) this.log.warn({ state }, "verifier lost NATS: cache flushed and bypassed until resubscribed");
+    if (state === "closed") {
+      for (const resolve of this.subscribedWaiters) resolve(false);
+      this.subscribedWaiters.clear();
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.reporter?.close();
+    this.unsubscribed("closed");
+    await this.link?.close();
+  }
+}
+
+/**
+ * Creates a verifier: a cache of key answers, invalidated by the event subjects on NATS, in front of an
+ * authoritative lookup (the API over HTTP by default).
+ */
+export function createVerifier<K extends VerifiedKey = VerifiedKey>(options: VerifierOptions<K>): Verifier<K> {
+  return new KeyVerifier(options);
+}

@@ -1,0 +1,269 @@
+import { randomBytes, randomUUID } from "node:crypto";
+import { hashKeyValue, KEY_RANDOM_BYTES, keyValueFromRandomBytes } from "@keyledger/domain";
+import { eventSubject } from "@keyledger/nats-bus";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type OwnNatsServer, SHARED_NATS_URL, startNatsServer } from "../../../test/support/nats";
+import { createVerifier, type LookupResult, type Verifier } from "../src/index";
+
+const newKey = () => keyValueFromRandomBytes(randomBytes(KEY_RANDOM_BYTES));
+
+async function until(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** The source of truth for these tests: a table of answers by key hash, counting how often it is asked. */
+function lookupTable() {
+  const answers = new Map<string, LookupResult>();
+  const table = {
+    calls: 0,
+    gate: undefined as Promise<void> | undefined,
+    set(value: string, answer: LookupResult) {
+      answers.set(hashKeyValue(value), answer);
+    },
+    lookup: async (_bearer: string, keyHash: string): Promise<LookupResult> => {
+      table.calls += 1;
+      if (table.gate) await table.gate;
+      return answers.get(keyHash) ?? { valid: false, code: "NOT_FOUND" };
+    },
+  };
+  return table;
+}
+
+function activeKey(organizationId: string, userId: string, name = "k", expiresAt: string | null = null): LookupResult {
+  return { valid: true, key: { name, userId, organizationId, permissions: ["write:sandboxes"], expiresAt } };
+}
+
+describe("verifier with NATS", () => {
+  const prefix = `kltest${randomBytes(5).toString("hex")}`;
+  let nc: NatsConnection;
+  const verifiers: Verifier[] = [];
+
+  function publish(organizationId: string, type: string, data: Record<string, unknown>) {
+    nc.publish(
+      eventSubject(prefix, organizationId, type),
+      JSON.stringify({ eventId: randomUUID(), type, data: { organizationId, ...data } }),
+    );
+  }
+
+  async function subscribedVerifier(table: ReturnType<typeof lookupTable>, natsUrl = SHARED_NATS_URL) {
+    const verifier = createVerifier({
+      lookup: table.lookup,
+      natsUrl,
+      subjectPrefix: prefix,
+      cache: { maxEntries: 1000, ttlMs: 600_000, negativeTtlMs: 600_000 },
+    });
+    verifiers.push(verifier);
+    expect(await verifier.whenSubscribed()).toBe(true);
+    return verifier;
+  }
+
+  beforeAll(async () => {
+    nc = await connect({ servers: SHARED_NATS_URL });
+  });
+  afterAll(async () => {
+    await Promise.all(verifiers.map((v) => v.close()));
+    await nc.close();
+  });
+
+  it("rejects a malformed or mistyped key without a lookup", async () => {
+    const table = lookupTable();
+    const verifier = await subscribedVerifier(table);
+    const key = newKey();
+    const typo = `${key.slice(0, 10)}${key[10] === "a" ? "b" : "a"}${key.slice(11)}`;
+    for (const bearer of ["", "nope", "dtn_123", typo, `${key} `, key.toUpperCase(), "a.b.c"]) {
+      expect(await verifier.verify(bearer)).toEqual({ valid: false, code: "MALFORMED" });
+    }
+    expect(table.calls).toBe(0);
+  });
+
+  it("caches answers and shares one lookup between concurrent misses", async () => {
+    const table = lookupTable();
+    const verifier = await subscribedVerifier(table);
+    const key = newKey();
+    table.set(key, activeKey("org-a", "user-a"));
+    const results = await Promise.all(Array.from({ length: 20 }, () => verifier.verify(key)));
+    expect(results.every((r) => r.valid)).toBe(true);
+    expect(table.calls).toBe(1);
+    expect(await verifier.verify(key)).toMatchObject({ valid: true, key: { organizationId: "org-a", name: "k" } });
+    expect(table.calls).toBe(1);
+    expect(verifier.stats.hits).toBeGreaterThan(0);
+  });
+
+  it("drops a key on KeyRevoked: the next verify says REVOKED", async () => {
+    const table = lookupTable();
+    const verifier = await subscribedVerifier(table);
+    const key = newKey();
+    table.set(key, activeKey("org-r", "user-r"));
+    expect((await verifier.verify(key)).valid).toBe(true);
+    publish("org-r", "KeyRevoked", { userId: "user-r", name: "k", keyHash: hashKeyValue(key), reason: "deleted" });
+    // The lookup still answers "valid": only the event can turn the answer.
+    await until(async () => !(await verifier.verify(key)).valid, "the revocation to arrive");
+    expect(await verifier.verify(key)).toEqual({ valid: false, code: "REVOKED" });
+  });
+
+  it("does not cache a lookup that was under way when the key was revoked", async () => {
+    const table = lookupTable();
+    const verifier = await subscribedVerifier(table);
+    const key = newKey();
+    table.set(key, activeKey("org-f", "user-f"));
+    let open = () => {};
+    table.gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    const pending = verifier.verify(key);
+    const before = verifier.stats.invalidations;
+    publish("org-f", "KeyRevoked", { userId: "user-f", name: "k", keyHash: hashKeyValue(key), reason: "deleted" });
+    await until(() => verifier.stats.invalidations > before, "the revocation to arrive");
+    table.gate = undefined;
+    open();
+    // The answer read before the revocation is returned to the request that asked, but never cached.
+    expect((await pending).valid).toBe(true);
+    expect(await verifier.verify(key)).toEqual({ valid: false, code: "REVOKED" });
+    expect(await verifier.verify(key)).toEqual({ valid: false, code: "REVOKED" });
+  });
+
+  it("drops a member's keys in that organization on membership events, and only theirs", async () => {
+    const table = lookupTable();
+    const verifier = await subscribedVerifier(table);
+    const [a1, a2, b1, other] = [newKey(), newKey(), newKey(), newKey()];
+    table.set(a1, activeKey("org-m", "user-a", "a1"));
+    table.set(a2, activeKey("org-m", "user-a", "a2"));
+    table.set(b1, activeKey("org-m", "user-b", "b1"));
+    table.set(other, activeKey("org-other", "user-a", "x"));
+    for (const key of [a1, a2, b1, other]) expect((await verifier.verify(key)).valid).toBe(true);
+    expect(table.calls).toBe(4);
+    const before = verifier.stats.invalidations;
+    publish("org-m", "MemberRemoved", { userId: "user-a", removedAt: new Date().toISOString() });
+    await until(() => verifier.stats.invalidations > before, "the membership event to arrive");
+    for (const key of [b1, other]) await verifier.verify(key);
+    expect(table.calls).toBe(4);
+    await verifier.verify(a1);
+    await verifier.verify(a2);
+    expect(table.calls).toBe(6);
+
+    publish("org-m", "MemberAccessChanged", { userId: "user-b", role: "member", permissions: [] });
+    await until(() => verifier.stats.invalidations > before + 1, "the access change to arrive");
+    await verifier.verify(b1);
+    expect(table.calls).toBe(7);
+  });
+
+  it("keeps a negative answer briefly and drops it when the key is created", async () => {
+    const table = lookupTable();
+    const verifier = await subscribedVerifier(table);
+    const key = newKey();
+    expect(await verifier.verify(key)).toEqual({ valid: false, code: "NOT_FOUND" });
+    expect(await verifier.verify(key)).toEqual({ valid: false, code: "NOT_FOUND" });
+    expect(table.calls).toBe(1);
+    table.set(key, activeKey("org-n", "user-n"));
+    publish("org-n", "KeyCreated", { userId: "user-n", name: "k", keyHash: hashKeyValue(key) });
+    await until(async () => (await verifier.verify(key)).valid, "the creation to arrive");
+    expect(table.calls).toBe(2);
+  });
+
+  it("drops every key hash named by other events (e.g. a rotation)", async () => {
+    const table = lookupTable();
+    const verifier = await subscribedVerifier(table);
+    const key = newKey();
+    table.set(key, activeKey("org-x", "user-x"));
+    await verifier.verify(key);
+    publish("org-x", "KeyRotated", { userId: "user-x", name: "k", oldKeyHash: hashKeyValue(key) });
+    table.set(key, { valid: false, code: "REVOKED" });
+    await until(async () => !(await verifier.verify(key)).valid, "the rotation to arrive");
+  });
+
+  it("never keeps a key past its expiresAt", async () => {
+    const table = lookupTable();
+    const verifier = await subscribedVerifier(table);
+    const key = newKey();
+    const expiresAt = new Date(Date.now() + 300).toISOString();
+    table.set(key, activeKey("org-e", "user-e", "k", expiresAt));
+    expect((await verifier.verify(key)).valid).toBe(true);
+    await until(() => Date.now() > Date.parse(expiresAt), "the key to expire");
+    expect(await verifier.verify(key)).toEqual({ valid: false, code: "EXPIRED" });
+    expect(table.calls).toBe(1);
+  });
+
+  it("without NATS caches nothing: every verify asks the lookup", async () => {
+    const table = lookupTable();
+    const verifier = createVerifier({ lookup: table.lookup, cache: { maxEntries: 10, ttlMs: 600_000 } });
+    verifiers.push(verifier);
+    expect(await verifier.whenSubscribed()).toBe(false);
+    const key = newKey();
+    table.set(key, activeKey("org-0", "user-0"));
+    await verifier.verify(key);
+    await verifier.verify(key);
+    expect(table.calls).toBe(2);
+  });
+
+  it("evicts the oldest entry beyond maxEntries", async () => {
+    const table = lookupTable();
+    const verifier = createVerifier({
+      lookup: table.lookup,
+      natsUrl: SHARED_NATS_URL,
+      subjectPrefix: prefix,
+      cache: { maxEntries: 3, ttlMs: 600_000 },
+    });
+    verifiers.push(verifier);
+    await verifier.whenSubscribed();
+    const keys = [newKey(), newKey(), newKey(), newKey()];
+    for (const key of keys) {
+      table.set(key, activeKey("org-l", "user-l"));
+      await verifier.verify(key);
+    }
+    expect(verifier.cacheSize).toBe(3);
+    await verifier.verify(keys[3] as string);
+    expect(table.calls).toBe(4);
+    await verifier.verify(keys[0] as string);
+    expect(table.calls).toBe(5);
+  });
+});
+
+describe("verifier when NATS goes away", () => {
+  let server: OwnNatsServer;
+  beforeAll(async () => {
+    server = await startNatsServer();
+  });
+  afterAll(async () => {
+    await server.close();
+  });
+
+  it("flushes and bypasses the cache until it is subscribed again", async () => {
+    const table = lookupTable();
+    const verifier = createVerifier({
+      lookup: table.lookup,
+      natsUrl: server.url,
+      subjectPrefix: "kltestfault",
+      cache: { maxEntries: 100, ttlMs: 600_000 },
+    });
+    try {
+      expect(await verifier.whenSubscribed()).toBe(true);
+      const key = newKey();
+      table.set(key, activeKey("org-d", "user-d"));
+      await verifier.verify(key);
+      await verifier.verify(key);
+      expect(table.calls).toBe(1);
+
+      await server.stop();
+      await until(() => !verifier.subscribed, "the verifier to notice the outage");
+      expect(verifier.cacheSize).toBe(0);
+      // Revoked while NATS is down: the event is lost, but the verifier asks the source of truth every time.
+      table.set(key, { valid: false, code: "REVOKED" });
+      expect(await verifier.verify(key)).toEqual({ valid: false, code: "REVOKED" });
+      expect(await verifier.verify(key)).toEqual({ valid: false, code: "REVOKED" });
+      expect(table.calls).toBe(3);
+
+      await server.start();
+      expect(await verifier.whenSubscribed()).toBe(true);
+      await verifier.verify(key);
+      await verifier.verify(key);
+      expect(table.calls).toBe(4);
+    } finally {
+      await verifier.close();
+    }
+  });
+});
