@@ -7,7 +7,7 @@ import type { DevIssuer } from "./dev-issuer";
 import { KeyUsageRecorder } from "./key-usage-recorder";
 import authentication from "./plugins/app/authentication";
 import rateLimits, { type RateLimitSettings } from "./plugins/app/rate-limits";
-import errorHandler from "./plugins/external/error-handler";
+import errorHandler, { clientErrorHandler, frameworkErrorHandler } from "./plugins/external/error-handler";
 import openapi from "./plugins/external/openapi";
 import apiKeyRoutes from "./routes/api-keys/index";
 import apiKeyRotationRoutes from "./routes/api-keys/rotation";
@@ -56,6 +56,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     logger: options.logger,
     bodyLimit: options.bodyLimitBytes,
     trustProxy: typeof options.trustProxy === "number" ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
+    frameworkErrors: frameworkErrorHandler,
+    clientErrorHandler,
     requestIdHeader: "x-request-id",
     genReqId: (req) => {
       const given = req.headers["x-request-id"];

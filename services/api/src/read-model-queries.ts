@@ -41,6 +41,8 @@ export function findLiveApiKey(
   userId: string,
   name: string,
 ): Promise<ApiKeyRow | undefined> {
+  // Postgres text cannot hold NUL, so no stored name has one (and asking would be an error, not "none").
+  if (name.includes("\u0000")) return Promise.resolve(undefined);
   return readModel(db)
     .selectFrom("api_keys")
     .selectAll()

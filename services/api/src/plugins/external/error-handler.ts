@@ -1,3 +1,5 @@
+import { STATUS_CODES } from "node:http";
+import type { Socket } from "node:net";
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
 import { isDatabaseUnavailable } from "../../database-errors";
@@ -13,6 +15,36 @@ function statusOf(error: FastifyError): number {
   if (status >= 400 && status < 600) return status;
   // Postgres unreachable or too slow (connect timeout, statement timeout, lost connection): retryable.
   return isDatabaseUnavailable(error) ? 503 : 500;
+}
+
+/**
+ * Errors fastify raises before routing (a URL that does not decode, a path parameter over the length limit):
+ * pass as the `frameworkErrors` server option so they too answer with Daytona's body.
+ */
+export function frameworkErrorHandler(error: FastifyError, request: FastifyRequest, reply: FastifyReply) {
+  const status =
+    error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 400;
+  const message = error.code === "FST_ERR_MAX_PARAM_LENGTH" ? "Path parameter too long" : "Malformed URL";
+  reply.code(status).send(errorBody(request.url.split("?")[0]?.slice(0, 256) ?? "", status, message));
+}
+
+/**
+ * Requests node's HTTP parser rejects (bad framing, conflicting Content-Length, oversized headers): pass as the
+ * `clientErrorHandler` server option. Answers with Daytona's body, then closes the connection.
+ */
+export function clientErrorHandler(error: Error & { code?: string }, socket: Socket) {
+  if (error.code === "ECONNRESET" || socket.destroyed) return;
+  const status = error.code === "HPE_HEADER_OVERFLOW" ? 431 : error.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
+  const body = JSON.stringify(
+    errorBody("", status, status === 400 ? "Malformed HTTP request" : (STATUS_CODES[status] ?? "")),
+  );
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
 }
 
 /** Every 4xx/5xx, including fastify's own (bad JSON, body too large, 404), answers with Daytona's error body. */

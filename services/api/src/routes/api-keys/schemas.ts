@@ -73,6 +73,8 @@ export const errorResponses = {
 const MAX_NAME_LENGTH = 255;
 // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
+// Half of a UTF-16 surrogate pair on its own (JSON allows "\ud800"): not text, and not storable or encodable.
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 const HTML_TAG = /<\/?[a-z!][^>]*>/i;
 const URL_LIKE = /\b(?:[a-z][a-z0-9+.-]*:\/\/|www\.)\S/i;
 
@@ -110,7 +112,7 @@ export function validateCreateApiKeyBody(
     if (name.length > MAX_NAME_LENGTH) {
       messages.push(`name must be shorter than or equal to ${MAX_NAME_LENGTH} characters`);
     }
-    if (CONTROL_CHARACTERS.test(name) || HTML_TAG.test(name) || URL_LIKE.test(name)) {
+    if (CONTROL_CHARACTERS.test(name) || LONE_SURROGATE.test(name) || HTML_TAG.test(name) || URL_LIKE.test(name)) {
       messages.push("name must not contain HTML tags, URLs or control characters");
     }
   }
