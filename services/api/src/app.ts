@@ -7,6 +7,7 @@ import type { DevIssuer } from "./dev-issuer";
 import { KeyUsageRecorder } from "./key-usage-recorder";
 import authentication from "./plugins/app/authentication";
 import rateLimits, { type RateLimitSettings } from "./plugins/app/rate-limits";
+import metrics from "./plugins/external/metrics";
 import errorHandler, { clientErrorHandler, frameworkErrorHandler } from "./plugins/external/error-handler";
 import openapi from "./plugins/external/openapi";
 import apiKeyRoutes from "./routes/api-keys/index";
@@ -87,6 +88,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     await usage.flush();
   });
 
+  await app.register(metrics, {});
   await app.register(rateLimits, options.rateLimits ?? { failedAuth: null, authenticated: null });
   await app.register(errorHandler, { onUnauthorized: app.failedAuthentication });
   await app.register(openapi);

@@ -1,0 +1,69 @@
+import { Counter, collectDefaultMetrics, Histogram, Registry } from "prom-client";
+
+/**
+ * The process's Prometheus registry, served at `/metrics`. Every keyledger metric is named `keyledger_*`; add a
+ * new one here (or register it on `metricsRegistry` from the module that owns it) so all services share one
+ * registry and one scrape format.
+ */
+export const metricsRegistry = new Registry();
+collectDefaultMetrics({ register: metricsRegistry, prefix: "keyledger_" });
+
+/** Request latency per route pattern (never the raw URL, so names and ids do not explode the label set). */
+export const httpRequestDuration = new Histogram({
+  name: "keyledger_http_request_duration_seconds",
+  help: "HTTP request latency by method, route pattern and status code",
+  labelNames: ["method", "route", "status_code"] as const,
+  buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+  registers: [metricsRegistry],
+});
+
+/** Outcomes of presenting an API key: valid, or why not. */
+export const API_KEY_VERIFICATION_OUTCOMES = ["valid", "malformed", "not_found", "expired", "revoked"] as const;
+export type ApiKeyVerificationOutcome = (typeof API_KEY_VERIFICATION_OUTCOMES)[number];
+
+export const apiKeyVerifications = new Counter({
+  name: "keyledger_api_key_verifications_total",
+  help: "API keys presented to the service, by outcome",
+  labelNames: ["outcome"] as const,
+  registers: [metricsRegistry],
+});
+for (const outcome of API_KEY_VERIFICATION_OUTCOMES) apiKeyVerifications.inc({ outcome }, 0);
+
+/** Counts one API-key verification. */
+export function recordApiKeyVerification(outcome: ApiKeyVerificationOutcome): void {
+  apiKeyVerifications.inc({ outcome });
+}
+
+/** Something that keeps cache counters (the API-key verifier's `stats`). */
+export type CacheStatsSource = { readonly stats: { hits: number; misses: number } };
+const cacheSources = new Set<CacheStatsSource>();
+
+/** Counts cache hits and misses of every registered source; the hit ratio is hits / (hits + misses). */
+const cacheCounter = (name: string, help: string, read: (source: CacheStatsSource) => number) =>
+  new Counter({
+    name,
+    help,
+    registers: [metricsRegistry],
+    collect() {
+      this.reset();
+      let total = 0;
+      for (const source of cacheSources) total += read(source);
+      this.inc(total);
+    },
+  });
+cacheCounter(
+  "keyledger_api_key_cache_hits_total",
+  "API-key verifications answered from the cache",
+  (s) => s.stats.hits,
+);
+cacheCounter(
+  "keyledger_api_key_cache_misses_total",
+  "API-key verifications that had to look the key up",
+  (s) => s.stats.misses,
+);
+
+/** Reports `source`'s cache counters at `/metrics` until the returned function is called. */
+export function registerCacheStats(source: CacheStatsSource): () => void {
+  cacheSources.add(source);
+  return () => cacheSources.delete(source);
+}
