@@ -1,16 +1,18 @@
-import { createPostgresDatabase } from "@keyledger/api";
 import { runMigrations } from "@keyledger/event-store";
-import { type CliCommand, parseFlags, UsageError } from "../command";
+import { type CliCommand, parseFlags } from "../command";
+import { openStore } from "../store";
 
 export const migrateCommand: CliCommand = {
   name: "migrate",
-  summary: "apply the SQL migrations under infra/migrations to DATABASE_URL",
+  summary: "apply the SQL migrations under infra/migrations to DATABASE_URL (unset: the embedded database)",
   usage: "keyledger migrate",
-  examples: ["DATABASE_URL=postgres://postgres@127.0.0.1:5432/keyledger pnpm keyledger migrate"],
+  examples: [
+    "DATABASE_URL=postgres://postgres@127.0.0.1:5432/keyledger pnpm keyledger migrate",
+    "pnpm keyledger migrate",
+  ],
   async run(args, env) {
     parseFlags(args, []);
-    if (!env.DATABASE_URL) throw new UsageError("DATABASE_URL is required");
-    const db = createPostgresDatabase({ connectionString: env.DATABASE_URL, maxConnections: 1 });
+    const db = await openStore(env, 1);
     try {
       const result = await runMigrations(db);
       process.stdout.write(
