@@ -26,7 +26,8 @@ export class KeyUsageRecorder {
       })
       .then(
         () => undefined,
-        (error: unknown) => this.log.warn({ err: error, keyId: key.key_id }, "could not record key use"),
+        (error: unknown) =>
+          this.log.warn({ err: error, keyId: key.key_id, reqId: requestId }, "could not record key use"),
       )
       .finally(() => this.inFlight.delete(key.key_id));
     this.inFlight.set(key.key_id, pending);

@@ -1,0 +1,42 @@
+import { Writable } from "node:stream";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
+
+describe("request ids in logs", () => {
+  let api: RunningApi;
+  const lines: Record<string, unknown>[] = [];
+  beforeAll(async () => {
+    const stream = new Writable({
+      write(chunk, _encoding, done) {
+        for (const line of String(chunk).split("\n")) if (line.trim()) lines.push(JSON.parse(line));
+        done();
+      },
+    });
+    api = await startApi({ logger: { level: "info", stream } });
+  });
+  afterAll(async () => {
+    await api.close();
+  });
+
+  it("puts the caller's x-request-id (or a generated one) on every line a request logs, and echoes it", async () => {
+    const requestId = uniqueId("trace");
+    const forged = `${"eyJhbGciOiJSUzI1NiJ9"}.${"eyJzdWIiOiJ4In0"}.c2lnbmF0dXJl`;
+    const response = await fetch(`${api.baseUrl}/api/api-keys`, {
+      headers: { "x-request-id": requestId, authorization: `Bearer ${forged}`, "x-daytona-organization-id": "o" },
+    });
+    expect(response.status).toBe(401);
+    expect(response.headers.get("x-request-id")).toBe(requestId);
+    const mine = lines.filter((line) => line.reqId === requestId);
+    expect(mine.map((line) => line.msg)).toEqual(
+      expect.arrayContaining(["incoming request", "JWT rejected", "request completed"]),
+    );
+    expect(JSON.stringify(lines)).not.toContain(forged);
+
+    const generated = await fetch(`${api.baseUrl}/health/live`);
+    const id = generated.headers.get("x-request-id");
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(lines.filter((line) => line.reqId === id).length).toBeGreaterThanOrEqual(2);
+    const requestLines = lines.filter((line) => line.req !== undefined || line.res !== undefined);
+    expect(requestLines.every((line) => typeof line.reqId === "string")).toBe(true);
+  });
+});
