@@ -50,9 +50,19 @@ export type AuthenticationOptions = {
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 export const ORGANIZATION_HEADER = "x-daytona-organization-id";
 
+/** How many `Authorization` lines the request had: node keeps only the first of several, silently. */
+function authorizationHeaderCount(request: FastifyRequest): number {
+  const raw = request.raw.rawHeaders;
+  let count = 0;
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]?.toLowerCase() === "authorization") count++;
+  return count;
+}
+
 function bearerToken(request: FastifyRequest): string {
   const header = request.headers.authorization;
   if (typeof header !== "string") throw invalidCredentials();
+  // Two credentials are ambiguous (a proxy may have read the other one): accept neither.
+  if (authorizationHeaderCount(request) > 1) throw invalidCredentials();
   const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
   if (!match?.[1]) throw invalidCredentials();
   return match[1];
