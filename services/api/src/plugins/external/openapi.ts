@@ -31,16 +31,9 @@ export default fp(
         },
       },
       refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`) },
-      transformObject: (documentObject) => {
-        if (!("openapiObject" in documentObject)) return documentObject.swaggerObject;
-        const document = documentObject.openapiObject;
-        const paths = Object.fromEntries(
-          Object.entries(document.paths ?? {})
-            .filter(([path]) => path.startsWith("/api/"))
-            .map(([path, item]) => [path.slice("/api".length), item]),
-        );
-        return { ...document, paths } as typeof document;
-      },
+      // Only the /api routes are the contract. @fastify/swagger itself writes their paths relative to the `/api`
+      // server (stripBasePath), so filtering the finished document by an `/api/` prefix would drop them all.
+      transform: ({ schema, url }) => ({ schema: url.startsWith("/api/") ? schema : { ...schema, hide: true }, url }),
     });
     await app.register(swaggerUi, { routePrefix: "/api/docs" });
     app.get("/api/docs-json", { schema: { hide: true } }, async () => app.swagger());
