@@ -153,6 +153,34 @@ describe("appendToStream / readStream", () => {
     expect(none).toEqual({ version: 4, events: [] });
   });
 
+  it("readStream's version and events come from one snapshot while another writer appends", async () => {
+    const stream = uniqueStream();
+    let stop = false;
+    let written = 0;
+    const writer = (async () => {
+      while (!stop) {
+        await db.transaction().execute((trx) => appendToStream(trx, stream, written, [used(written + 1)], metadata));
+        written += 1;
+      }
+    })();
+    const inconsistent: string[] = [];
+    try {
+      for (let i = 0; i < 400 && inconsistent.length === 0; i++) {
+        // Inside a transaction, as the command handlers read (READ COMMITTED: each statement its own snapshot).
+        const read = await db.transaction().execute((trx) => readStream(trx, stream, { skipTypes: ["MemberRemoved"] }));
+        const versions = read.events.map((e) => e.streamVersion);
+        if (read.version !== read.events.length || versions.some((v, j) => v !== j + 1)) {
+          inconsistent.push(`version ${read.version} with ${read.events.length} events`);
+        }
+      }
+    } finally {
+      stop = true;
+      await writer;
+    }
+    expect(inconsistent).toEqual([]);
+    expect(written).toBeGreaterThan(0);
+  });
+
   it("readStream reads only its own stream", async () => {
     const a = uniqueStream();
     const b = uniqueStream();
