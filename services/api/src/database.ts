@@ -6,14 +6,24 @@ export type DatabaseOptions = { connectionString: string; maxConnections?: numbe
 
 /** A Kysely instance over a pg pool. The event store and read model take any Kysely, so PGlite fits too. */
 export function createPostgresDatabase(options: DatabaseOptions): Kysely<unknown> {
+  const statementTimeoutMs = options.statementTimeoutMs ?? 10_000;
   const pool = new pg.Pool({
     connectionString: options.connectionString,
     max: options.maxConnections ?? 20,
     connectionTimeoutMillis: 5_000,
-    statement_timeout: options.statementTimeoutMs ?? 10_000,
+    statement_timeout: statementTimeoutMs,
+    // The server's statement_timeout cannot fire when the network, not the query, is stuck (a partition): the
+    // client gives up a little later on its own, so a request fails (503) instead of hanging.
+    query_timeout: statementTimeoutMs + 2_000,
+    keepAlive: true,
     idle_in_transaction_session_timeout: 30_000,
   });
   // An idle client losing its connection must not crash the process; the next query reconnects.
   pool.on("error", () => {});
+  // A client that loses its connection while checked out (mid-request) emits 'error' as well, where the pool no
+  // longer listens: unheard, that event would crash the process. Its query rejects (503) and the pool drops it.
+  pool.on("connect", (client) => {
+    client.on("error", () => {});
+  });
   return new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
 }

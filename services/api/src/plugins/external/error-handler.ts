@@ -11,8 +11,8 @@ export type ErrorHandlerOptions = {
 };
 
 function statusOf(error: FastifyError): number {
-  const status = error.statusCode ?? 500;
-  if (status >= 400 && status < 600) return status;
+  const status = error.statusCode;
+  if (status !== undefined && status >= 400 && status < 600) return status;
   // Postgres unreachable or too slow (connect timeout, statement timeout, lost connection): retryable.
   return isDatabaseUnavailable(error) ? 503 : 500;
 }
