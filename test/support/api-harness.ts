@@ -28,6 +28,8 @@ export async function startApi(
     logger?: unknown;
     rateLimits?: AppOptions["rateLimits"];
     trustProxy?: AppOptions["trustProxy"];
+    /** NATS (publishing, relay, verifier cache); see test/support/nats.ts for a unique stream. */
+    nats?: AppOptions["nats"];
     /** Another way to the run's database (e.g. through a fault-injecting proxy). */
     databaseUrl?: string;
     /** Pool settings for fault tests (defaults: 10 connections, the service's timeouts). */
@@ -50,6 +52,7 @@ export async function startApi(
     onCommitted: options.onCommitted,
     rateLimits: options.rateLimits,
     trustProxy: options.trustProxy,
+    nats: options.nats,
   });
   await app.listen({ port: 0, host: "127.0.0.1" });
   const { port } = app.server.address() as AddressInfo;

@@ -13,8 +13,13 @@ import { EventPublisher } from "./publisher";
 import { ensureEventStream } from "./stream";
 
 export type EventRelayOptions = {
-  /** The relay opens its own session: it holds the advisory lock, LISTENs for appends, reads and checkpoints. */
-  databaseUrl: string;
+  /**
+   * Postgres: the relay opens its own session, which holds the advisory lock, LISTENs for appends, reads and
+   * checkpoints. Give `db` instead only for a single-process database (the embedded PGlite): no lock, no LISTEN
+   * (it polls, and `wake()` after commits).
+   */
+  databaseUrl?: string;
+  db?: Kysely<unknown>;
   link: NatsLink;
   streamName: string;
   subjectPrefix: string;
@@ -126,8 +131,24 @@ export class EventRelay {
 
   private async run(): Promise<void> {
     const retryDelay = this.options.retryDelayMs ?? 500;
+    const { databaseUrl, db } = this.options;
+    if (databaseUrl === undefined) {
+      if (db === undefined) throw new TypeError("EventRelay needs databaseUrl or db");
+      while (this.running) {
+        try {
+          this.active = true;
+          await this.publishLoop(db, () => undefined);
+        } catch (error) {
+          if (this.running) this.log.warn({ err: error }, "event relay interrupted; retrying");
+          await this.pause(retryDelay);
+        } finally {
+          this.active = false;
+        }
+      }
+      return;
+    }
     while (this.running) {
-      const client = new pg.Client({ connectionString: this.options.databaseUrl, statement_timeout: 30_000 });
+      const client = new pg.Client({ connectionString: databaseUrl, statement_timeout: 30_000 });
       let broken: Error | undefined;
       client.on("error", (error) => {
         broken = error;
@@ -138,7 +159,9 @@ export class EventRelay {
         if (!(await this.acquireLock(client, () => broken))) continue;
         this.active = true;
         this.log.info({ checkpoint: this.checkpointName }, "event relay active");
-        await this.publishLoop(client, () => broken);
+        client.on("notification", () => this.wake());
+        await client.query(`LISTEN ${client.escapeIdentifier(this.options.notifyChannel ?? "keyledger_events")}`);
+        await this.publishLoop(sessionDatabase(client), () => broken);
       } catch (error) {
         if (this.running) this.log.warn({ err: error }, "event relay interrupted; retrying");
         await this.pause(retryDelay);
@@ -166,12 +189,8 @@ export class EventRelay {
     return false;
   }
 
-  private async publishLoop(client: pg.Client, broken: () => Error | undefined): Promise<void> {
+  private async publishLoop(db: Kysely<unknown>, broken: () => Error | undefined): Promise<void> {
     const { link } = this.options;
-    const channel = this.options.notifyChannel ?? "keyledger_events";
-    client.on("notification", () => this.wake());
-    await client.query(`LISTEN ${client.escapeIdentifier(channel)}`);
-    const db = sessionDatabase(client);
     let checkpoint = await loadCheckpoint(db, this.checkpointName);
     this.current = checkpoint;
     let streamReady = false;

@@ -6,10 +6,22 @@ import type { KeyLookup, LookupResult, VerifiedKey } from "./types";
  */
 export const KEY_STATUS_HEADER = "x-keyledger-key-status";
 
+/**
+ * The header the API sets on an API-key-authenticated response when the presented value stops working before the
+ * key expires (a rotated-out value in its grace period). The verifier never caches the value past it.
+ */
+export const VALID_UNTIL_HEADER = "x-keyledger-valid-until";
+
 function failureFromHeader(value: string | null): Extract<LookupResult, { valid: false }>["code"] {
   if (value === "revoked") return "REVOKED";
   if (value === "expired") return "EXPIRED";
   return "NOT_FOUND";
+}
+
+function earliest(expiresAt: string | null, validUntil: string | null): string | null {
+  if (validUntil === null || Number.isNaN(Date.parse(validUntil))) return expiresAt;
+  if (expiresAt === null || Date.parse(validUntil) < Date.parse(expiresAt)) return validUntil;
+  return expiresAt;
 }
 
 /**
@@ -33,6 +45,7 @@ export function apiLookup(apiUrl: string, options: { timeoutMs?: number } = {}):
       throw new Error(`key lookup failed: HTTP ${response.status}`);
     }
     const body = (await response.json()) as Partial<VerifiedKey>;
+    const validUntil = response.headers.get(VALID_UNTIL_HEADER);
     if (typeof body.name !== "string" || typeof body.userId !== "string" || typeof body.organizationId !== "string") {
       throw new Error("key lookup failed: unexpected body");
     }
@@ -43,7 +56,7 @@ export function apiLookup(apiUrl: string, options: { timeoutMs?: number } = {}):
         userId: body.userId,
         organizationId: body.organizationId,
         permissions: Array.isArray(body.permissions) ? body.permissions.filter((p) => typeof p === "string") : [],
-        expiresAt: typeof body.expiresAt === "string" ? body.expiresAt : null,
+        expiresAt: earliest(typeof body.expiresAt === "string" ? body.expiresAt : null, validUntil),
       },
     };
   };

@@ -4,7 +4,10 @@ export type VerifiedKey = {
   userId: string;
   organizationId: string;
   permissions: string[];
-  /** ISO date-time, or null for a key that does not expire. */
+  /**
+   * When this value stops working (ISO date-time): the key's expiry, or the end of the grace period of a
+   * rotated-out value. Null: never.
+   */
   expiresAt: string | null;
 };
 
@@ -29,4 +32,4 @@ export type KeyLookup<K extends VerifiedKey = VerifiedKey> = (
 ) => Promise<LookupResult<K>>;
 
 /** An event as the verifier needs it: its type and data (the NATS message body has more). */
-export type InvalidatingEvent = { type: string; data: Record<string, unknown> };
+export type InvalidatingEvent = { eventId?: string; type: string; data: Record<string, unknown> };

@@ -34,6 +34,11 @@ export type VerifierOptions<K extends VerifiedKey = VerifiedKey> = {
   lookupTimeoutMs?: number;
   /** Publish verified uses over NATS in batches so the API records `KeyUsed` (gateways turn this on). */
   keyUseReports?: { intervalMs?: number };
+  /**
+   * For caches of values that change on use (the API caches rows with `lastUsedAt`): the key's id, so a `KeyUsed`
+   * event drops it. Gateways leave it out (a use changes nothing they cache).
+   */
+  keyIdOf?: (key: K) => string;
   /** Client name on the NATS server. */
   name?: string;
   log?: BusLogger;
@@ -70,6 +75,8 @@ type CacheEntry<K extends VerifiedKey> = {
   expiresAtMs: number;
   /** `organizationId \0 userId` of a valid key, to drop a member's keys. */
   owner: string | undefined;
+  /** The key's id, when `keyIdOf` is given, to drop it on `KeyUsed`. */
+  keyId: string | undefined;
   /** When this entry's use was last handed to the key-use reporter. */
   reportedAtMs: number;
 };
@@ -87,13 +94,31 @@ function sha256Hex(value: string): string {
   return hash("sha256", value);
 }
 
-/** Event types that never change whether a key verifies. */
-const IGNORED_EVENTS = new Set(["KeyUsed"]);
 const KEY_HASH_FIELD = /keyhash$/i;
+const RECENT_EVENT_IDS = 10_000;
+
+function addToIndex(index: Map<string, Set<string>>, id: string, keyHash: string): void {
+  let hashes = index.get(id);
+  if (hashes === undefined) {
+    hashes = new Set();
+    index.set(id, hashes);
+  }
+  hashes.add(keyHash);
+}
+
+function removeFromIndex(index: Map<string, Set<string>>, id: string, keyHash: string): void {
+  const hashes = index.get(id);
+  hashes?.delete(keyHash);
+  if (hashes?.size === 0) index.delete(id);
+}
 
 class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
   private readonly cache = new Map<string, CacheEntry<K>>();
   private readonly byOwner = new Map<string, Set<string>>();
+  private readonly byKeyId = new Map<string, Set<string>>();
+  /** Ids of events applied lately: the fast path and the relay both publish each event; apply it once. */
+  private readonly recentEventIds = new Set<string>();
+  private readonly keyIdOf: ((key: K) => string) | undefined;
   private readonly inFlight = new Map<string, Flight<K>>();
   private readonly lookup: KeyLookup<K>;
   private readonly maxEntries: number;
@@ -121,6 +146,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     this.ttlMs = options.cache?.ttlMs ?? 60_000;
     this.negativeTtlMs = Math.min(options.cache?.negativeTtlMs ?? 2_000, this.ttlMs);
     this.reportIntervalMs = options.keyUseReports?.intervalMs ?? 1_000;
+    this.keyIdOf = options.keyIdOf;
     if (options.natsUrl) {
       const prefix = options.subjectPrefix ?? DEFAULT_SUBJECT_PREFIX;
       this.link = new NatsLink({ servers: options.natsUrl, name: options.name ?? "keyledger-verifier", log: this.log });
@@ -233,6 +259,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
       promise: Promise.resolve(frozen),
       expiresAtMs,
       owner: result.valid ? ownerOf(result.key.organizationId, result.key.userId) : undefined,
+      keyId: result.valid && this.keyIdOf !== undefined ? this.keyIdOf(result.key) : undefined,
       reportedAtMs: 0,
     };
     if (expiresAtMs <= now) return entry;
@@ -244,23 +271,23 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
       this.remove(oldest[0], oldest[1]);
     }
     this.cache.set(keyHash, entry);
-    if (entry.owner !== undefined) {
-      let hashes = this.byOwner.get(entry.owner);
-      if (hashes === undefined) {
-        hashes = new Set();
-        this.byOwner.set(entry.owner, hashes);
-      }
-      hashes.add(keyHash);
-    }
+    if (entry.owner !== undefined) addToIndex(this.byOwner, entry.owner, keyHash);
+    if (entry.keyId !== undefined) addToIndex(this.byKeyId, entry.keyId, keyHash);
     return entry;
   }
 
   private remove(keyHash: string, entry: CacheEntry<K>): void {
     this.cache.delete(keyHash);
-    if (entry.owner === undefined) return;
-    const hashes = this.byOwner.get(entry.owner);
-    hashes?.delete(keyHash);
-    if (hashes?.size === 0) this.byOwner.delete(entry.owner);
+    if (entry.owner !== undefined) removeFromIndex(this.byOwner, entry.owner, keyHash);
+    if (entry.keyId !== undefined) removeFromIndex(this.byKeyId, entry.keyId, keyHash);
+  }
+
+  private removeAll(hashes: Set<string> | undefined): void {
+    if (hashes === undefined) return;
+    for (const keyHash of [...hashes]) {
+      const entry = this.cache.get(keyHash);
+      if (entry !== undefined) this.remove(keyHash, entry);
+    }
   }
 
   /** Forgets a key; a lookup for it that is under way is neither shared further nor cached. */
@@ -282,13 +309,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
 
   private invalidateOwner(organizationId: string, userId: string): void {
     this.stats.invalidations += 1;
-    const hashes = this.byOwner.get(ownerOf(organizationId, userId));
-    if (hashes !== undefined) {
-      for (const keyHash of [...hashes]) {
-        const entry = this.cache.get(keyHash);
-        if (entry !== undefined) this.remove(keyHash, entry);
-      }
-    }
+    this.removeAll(this.byOwner.get(ownerOf(organizationId, userId)));
     // Lookups under way may belong to this member: none of them is cached.
     this.abandonFlights();
   }
@@ -299,11 +320,25 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
   }
 
   applyEvent(event: InvalidatingEvent): void {
-    if (IGNORED_EVENTS.has(event.type)) return;
+    if (event.eventId !== undefined) {
+      if (this.recentEventIds.has(event.eventId)) return;
+      if (this.recentEventIds.size >= RECENT_EVENT_IDS) {
+        const oldest = this.recentEventIds.values().next().value;
+        if (oldest !== undefined) this.recentEventIds.delete(oldest);
+      }
+      this.recentEventIds.add(event.eventId);
+    }
     const data = event.data;
+    if (event.type === "KeyUsed") {
+      if (this.keyIdOf !== undefined && typeof data.keyId === "string") this.removeAll(this.byKeyId.get(data.keyId));
+      return;
+    }
     switch (event.type) {
       case "KeyRevoked":
-        if (typeof data.keyHash === "string") this.invalidate(data.keyHash, "REVOKED");
+        // The current value and, during a rotation grace, the previous one (`previousKeyHash`).
+        for (const [field, value] of Object.entries(data)) {
+          if (KEY_HASH_FIELD.test(field) && typeof value === "string") this.invalidate(value, "REVOKED");
+        }
         return;
       case "KeyCreated":
         // Drops a cached "not found" for the new value.
@@ -357,6 +392,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     this.isSubscribed = false;
     this.cache.clear();
     this.byOwner.clear();
+    this.byKeyId.clear();
     this.abandonFlights();
     this.stats.flushes += 1;
     if (wasSubscribed) this.log.warn({ state }, "verifier lost NATS: cache flushed and bypassed until resubscribed");

@@ -94,16 +94,26 @@ describe("verifier with NATS", () => {
     expect(verifier.stats.hits).toBeGreaterThan(0);
   });
 
-  it("drops a key on KeyRevoked: the next verify says REVOKED", async () => {
+  it("drops a key on KeyRevoked, with its previous value in a rotation grace: the next verify says REVOKED", async () => {
     const table = lookupTable();
     const verifier = await subscribedVerifier(table);
-    const key = newKey();
+    const [key, previous] = [newKey(), newKey()];
     table.set(key, activeKey("org-r", "user-r"));
+    table.set(previous, activeKey("org-r", "user-r"));
     expect((await verifier.verify(key)).valid).toBe(true);
-    publish("org-r", "KeyRevoked", { userId: "user-r", name: "k", keyHash: hashKeyValue(key), reason: "deleted" });
+    expect((await verifier.verify(previous)).valid).toBe(true);
+    publish("org-r", "KeyRevoked", {
+      userId: "user-r",
+      name: "k",
+      keyHash: hashKeyValue(key),
+      previousKeyHash: hashKeyValue(previous),
+      reason: "deleted",
+    });
     // The lookup still answers "valid": only the event can turn the answer.
     await until(async () => !(await verifier.verify(key)).valid, "the revocation to arrive");
     expect(await verifier.verify(key)).toEqual({ valid: false, code: "REVOKED" });
+    expect(await verifier.verify(previous)).toEqual({ valid: false, code: "REVOKED" });
+    expect(table.calls).toBe(2);
   });
 
   it("does not cache a lookup that was under way when the key was revoked", async () => {

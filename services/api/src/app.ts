@@ -2,13 +2,16 @@ import { randomUUID } from "node:crypto";
 import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Kysely } from "kysely";
+import { type ApiKeyVerifier, createApiKeyVerifier } from "./api-key-verifier";
 import { KeyCommands, type OnCommitted } from "./commands/key-commands";
 import type { DevIssuer } from "./dev-issuer";
+import { ApiEventBus, type EventBusOptions } from "./event-bus";
 import { KeyUsageRecorder } from "./key-usage-recorder";
+import { recordReportedKeyUses } from "./key-use-reports";
 import authentication from "./plugins/app/authentication";
 import rateLimits, { type RateLimitSettings } from "./plugins/app/rate-limits";
-import metrics from "./plugins/external/metrics";
 import errorHandler, { clientErrorHandler, frameworkErrorHandler } from "./plugins/external/error-handler";
+import metrics from "./plugins/external/metrics";
 import openapi from "./plugins/external/openapi";
 import apiKeyRoutes from "./routes/api-keys/index";
 import apiKeyRotationRoutes from "./routes/api-keys/rotation";
@@ -28,6 +31,8 @@ export type AppOptions = {
   bodyLimitBytes: number;
   logger: FastifyServerOptions["logger"];
   onCommitted?: OnCommitted;
+  /** NATS: publish events (fast path + relay), invalidate the API-key cache, take gateways' key uses. */
+  nats?: EventBusOptions;
   /** Daytona's failed-auth and authenticated rate limits; omitted, the app applies none (tests). */
   rateLimits?: RateLimitSettings;
   /** Whose `X-Forwarded-For` decides the client IP (fastify's `trustProxy`); default: nobody's. */
@@ -68,8 +73,26 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
-  const commands = new KeyCommands(options.db, options.onCommitted);
+  const eventBus = options.nats ? new ApiEventBus(options.nats, options.db, app.log) : undefined;
+  const verifier: ApiKeyVerifier = createApiKeyVerifier(options.db, {
+    natsUrl: options.nats?.url,
+    subjectPrefix: options.nats?.subjectPrefix,
+    cache: options.nats?.verifierCache,
+    log: app.log,
+  });
+  app.decorate("apiKeyVerifier", verifier);
+  app.decorate("eventBus", eventBus);
+  const commands = new KeyCommands(options.db, (events) => {
+    for (const event of events) verifier.applyEvent(event);
+    eventBus?.publishCommitted(events);
+    options.onCommitted?.(events);
+  });
   const usage = new KeyUsageRecorder(commands, options.keyUsedThrottleMs, app.log);
+  eventBus?.onKeyUseReports(options.nats?.subjectPrefix ?? "", (report) => {
+    void recordReportedKeyUses(options.db, usage, report).catch((error: unknown) =>
+      app.log.warn({ err: error }, "could not record reported key uses"),
+    );
+  });
 
   // JSON with prototype-poisoning protection, and an empty body (a DELETE with a JSON content type) as no body.
   const parseJson = app.getDefaultJsonParser("error", "error");
@@ -86,6 +109,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
   app.addHook("onClose", async () => {
     await usage.flush();
+    await eventBus?.close();
+    await verifier.close();
   });
 
   await app.register(metrics, {});
@@ -101,8 +126,12 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     db: options.db,
     oidc,
     onApiKeyUsed: (key, request) => usage.record(key, request.id),
+    verifier,
   });
-  await app.register(healthRoutes, { db: options.db });
+  await app.register(healthRoutes, {
+    db: options.db,
+    natsSubscription: options.nats ? () => (verifier.subscribed ? "subscribed" : "disconnected") : undefined,
+  });
   await app.register(apiKeyRoutes, { prefix: "/api", db: options.db, commands });
   await app.register(apiKeyRotationRoutes, { prefix: "/api", commands });
   if (options.internalApiToken !== undefined) {

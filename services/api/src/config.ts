@@ -18,6 +18,19 @@ export type ApiConfig = {
   bodyLimitBytes: number;
   /** Which proxies' `X-Forwarded-For` decides the client IP: none (false), all (true), a hop count, or addresses. */
   trustProxy: boolean | number | string;
+  /**
+   * NATS (`NATS_URL`, comma-separated servers): event publishing (relay + fast path), the API-key cache's
+   * invalidations and gateways' key-use reports. Undefined: all off, and the API reads every key from the database.
+   */
+  nats:
+    | {
+        url: string;
+        streamName: string;
+        subjectPrefix: string;
+        duplicateWindowMs: number;
+        verifierCache: { maxEntries: number; ttlMs: number };
+      }
+    | undefined;
   /** Daytona's rate limits; a limit of 0 turns one off. */
   rateLimits: {
     failedAuth: { limit: number; ttlSeconds: number } | null;
@@ -88,6 +101,46 @@ function rateLimit(env: Record<string, string | undefined>, name: string, limit:
   return window.limit === 0 ? null : window;
 }
 
+const NATS_TOKENS = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
+
+function natsUrl(env: Record<string, string | undefined>): string | undefined {
+  const raw = env.NATS_URL;
+  if (raw === undefined || raw.trim() === "") return undefined;
+  for (const server of raw.split(",")) {
+    const entry = server.trim();
+    try {
+      const parsed = new URL(entry.includes("://") ? entry : `nats://${entry}`);
+      if (!["nats:", "tls:", "ws:", "wss:"].includes(parsed.protocol) || parsed.hostname === "") throw new Error();
+    } catch {
+      throw new ConfigError("NATS_URL", `"${entry}" is not a NATS server URL (nats://host:port)`);
+    }
+  }
+  return raw;
+}
+
+function natsConfig(env: Record<string, string | undefined>): ApiConfig["nats"] {
+  const url = natsUrl(env);
+  if (url === undefined) return undefined;
+  const streamName = env.NATS_STREAM || "KEYLEDGER";
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(streamName)) {
+    throw new ConfigError("NATS_STREAM", "must be 1-64 characters of letters, digits, _ and -");
+  }
+  const subjectPrefix = env.NATS_SUBJECT_PREFIX || "keyledger";
+  if (!NATS_TOKENS.test(subjectPrefix)) {
+    throw new ConfigError("NATS_SUBJECT_PREFIX", "must be dot-separated tokens of letters, digits, _ and -");
+  }
+  return {
+    url,
+    streamName,
+    subjectPrefix,
+    duplicateWindowMs: integer(env, "NATS_DUPLICATE_WINDOW_MS", 120_000, 1_000, 86_400_000),
+    verifierCache: {
+      maxEntries: integer(env, "VERIFIER_CACHE_MAX_ENTRIES", 100_000, 1, 10_000_000),
+      ttlMs: integer(env, "VERIFIER_CACHE_TTL_MS", 60_000, 1, 86_400_000),
+    },
+  };
+}
+
 export function parseApiConfig(env: Record<string, string | undefined>): ApiConfig {
   const databaseUrl = url(env, "DATABASE_URL", false);
   const issuer = env.OIDC_ISSUER || undefined;
@@ -121,6 +174,7 @@ export function parseApiConfig(env: Record<string, string | undefined>): ApiConf
     logLevel: env.LOG_LEVEL || "info",
     bodyLimitBytes: integer(env, "BODY_LIMIT_BYTES", 16_384, 1024, 10_485_760),
     trustProxy: trustProxy(env.TRUST_PROXY),
+    nats: natsConfig(env),
     rateLimits: {
       failedAuth: rateLimit(env, "FAILED_AUTH", 20, 60),
       authenticated: rateLimit(env, "AUTHENTICATED", 1000, 60),

@@ -35,6 +35,11 @@ async function main() {
     bodyLimitBytes: config.bodyLimitBytes,
     rateLimits: config.rateLimits,
     trustProxy: config.trustProxy,
+    nats: config.nats && {
+      ...config.nats,
+      // One active relay across replicas (advisory lock on its own session); the embedded database is one process.
+      relay: config.databaseUrl ? { databaseUrl: config.databaseUrl } : { db: "shared" },
+    },
     logger: { level: config.logLevel, redact: { paths: LOG_REDACTIONS, censor: "[redacted]" } },
   });
   if (!config.databaseUrl) {
@@ -52,6 +57,16 @@ async function main() {
       },
       "DEVELOPMENT ONLY: OIDC_ISSUER is not set, so this API issues and trusts its own JWTs " +
         "(pnpm keyledger dev-token). Never expose it; NODE_ENV=production refuses to start without OIDC",
+    );
+  }
+  if (config.nats === undefined) {
+    app.log.warn(
+      "NATS_URL is not set: events are not published (no relay), and API keys are read from the database on every request",
+    );
+  } else {
+    app.log.info(
+      { stream: config.nats.streamName, subjectPrefix: config.nats.subjectPrefix },
+      "publishing events to NATS JetStream (relay + fast path)",
     );
   }
   if (config.internalApiToken === undefined) {

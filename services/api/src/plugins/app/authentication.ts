@@ -1,10 +1,12 @@
-import { hashKeyValue, isWellFormedKey, type MemberRole, type Permission } from "@keyledger/domain";
+import type { MemberRole, Permission } from "@keyledger/domain";
+import { KEY_STATUS_HEADER, VALID_UNTIL_HEADER } from "@keyledger/verifier";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
 import { createLocalJWKSet, createRemoteJWKSet, type JSONWebKeySet, type JWTVerifyGetKey, jwtVerify } from "jose";
 import type { Kysely } from "kysely";
+import type { ApiKeyVerifier } from "../../api-key-verifier";
 import { ApiError, invalidAuthContext, invalidCredentials } from "../../http-errors";
-import { type ApiKeyRow, findApiKeyByHash, findMember, validUntilForValue } from "../../read-model-queries";
+import { type ApiKeyRow, findMember } from "../../read-model-queries";
 
 export type JwtAuthContext = {
   method: "jwt";
@@ -45,6 +47,11 @@ export type AuthenticationOptions = {
   oidc: { issuer: string; jwksUrl: string; audience: string | undefined; jwks?: JSONWebKeySet };
   /** Called after a successful API-key authentication (records `KeyUsed`, throttled). */
   onApiKeyUsed: (key: ApiKeyRow, request: FastifyRequest) => void;
+  /**
+   * Decides API keys: the same verifier as the gateways, with a database lookup. With NATS its cache is invalidated
+   * by every replica's events; `Cache-Control: no-cache` (sent by gateways on their misses) reads the database.
+   */
+  verifier: ApiKeyVerifier;
 };
 
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
@@ -109,17 +116,27 @@ export default fp(
       };
     }
 
-    async function authenticateApiKey(token: string): Promise<ApiKeyAuthContext> {
-      if (!isWellFormedKey(token)) throw invalidCredentials();
-      const keyHash = hashKeyValue(token);
-      const key = await findApiKeyByHash(options.db, keyHash);
-      const validUntil = key ? validUntilForValue(key, keyHash, new Date()) : undefined;
-      if (!key || validUntil === undefined) throw invalidCredentials();
-      return { method: "api_key", userId: key.user_id, organizationId: key.organization_id, key, keyHash, validUntil };
+    async function authenticateApiKey(request: FastifyRequest, token: string): Promise<ApiKeyAuthContext> {
+      const cacheControl = request.headers["cache-control"];
+      const bypassCache = typeof cacheControl === "string" && cacheControl.includes("no-cache");
+      const result = await options.verifier.verify(token, { bypassCache });
+      if (!result.valid) {
+        // Same body for every reason; the header tells a gateway's verifier which (it holds the value anyway).
+        throw new ApiError(401, "Invalid credentials", { [KEY_STATUS_HEADER]: result.code.toLowerCase() });
+      }
+      const { row, keyHash, validUntil } = result.key;
+      return {
+        method: "api_key",
+        userId: row.user_id,
+        organizationId: row.organization_id,
+        key: row,
+        keyHash,
+        validUntil,
+      };
     }
 
     app.decorateRequest("auth", null);
-    app.addHook("onRequest", async (request) => {
+    app.addHook("onRequest", async (request, reply) => {
       const required = request.routeOptions.config.auth;
       if (required === undefined) return;
       const token = bearerToken(request);
@@ -129,8 +146,12 @@ export default fp(
         request.auth = await authenticateJwt(request, token);
       } else {
         if (looksLikeJwt) throw invalidCredentials();
-        const auth = await authenticateApiKey(token);
+        const auth = await authenticateApiKey(request, token);
         request.auth = auth;
+        // A rotated-out value in its grace period: gateways must not cache it past this instant.
+        if (auth.validUntil !== null && auth.key.key_hash !== auth.keyHash) {
+          reply.header(VALID_UNTIL_HEADER, auth.validUntil.toISOString());
+        }
         options.onApiKeyUsed(auth.key, request);
       }
     });

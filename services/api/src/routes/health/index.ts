@@ -3,8 +3,17 @@ import type { FastifyInstance } from "fastify";
 import { type Kysely, sql } from "kysely";
 import { ApiError } from "../../http-errors";
 
-/** Liveness (the process answers) and readiness (database reachable, every migration applied). */
-export default async function healthRoutes(app: FastifyInstance, { db }: { db: Kysely<unknown> }) {
+export type HealthOptions = {
+  db: Kysely<unknown>;
+  /** With NATS configured: whether the API-key cache is subscribed to invalidations (informational only). */
+  natsSubscription?: () => "subscribed" | "disconnected";
+};
+
+/**
+ * Liveness (the process answers) and readiness (database reachable, every migration applied). NATS does not decide
+ * readiness: commands work without it, and the API-key cache is bypassed while it is away.
+ */
+export default async function healthRoutes(app: FastifyInstance, { db, natsSubscription }: HealthOptions) {
   app.get("/health/live", { schema: { hide: true } }, async () => ({ status: "ok" }));
 
   app.get("/health/ready", { schema: { hide: true } }, async () => {
@@ -15,6 +24,7 @@ export default async function healthRoutes(app: FastifyInstance, { db }: { db: K
     }
     const pending = await pendingMigrations(db);
     if (pending.length > 0) throw new ApiError(503, `Migrations not applied: ${pending.join(", ")}`);
-    return { status: "ok", checks: { database: "ok", migrations: "ok" } };
+    const nats = natsSubscription ? { nats: natsSubscription() } : {};
+    return { status: "ok", checks: { database: "ok", migrations: "ok", ...nats } };
   });
 }

@@ -1,0 +1,79 @@
+import type { RecordedEvent } from "@keyledger/event-store";
+import {
+  type BusLogger,
+  EventPublisher,
+  EventRelay,
+  type KeyUseReport,
+  NatsLink,
+  subscribeKeyUseReports,
+} from "@keyledger/nats-bus";
+import type { Kysely } from "kysely";
+import type { ApiKeyVerifier } from "./api-key-verifier";
+
+declare module "fastify" {
+  interface FastifyInstance {
+    /** The in-process API-key verifier (cache invalidated over NATS when `nats` is configured). */
+    apiKeyVerifier: ApiKeyVerifier;
+    /** The NATS side, when configured (e.g. for the membership consumer to share its connection). */
+    eventBus: ApiEventBus | undefined;
+  }
+}
+
+/** How the API talks to NATS. Absent (`NATS_URL` unset): no publishing, no relay, no cache in the verifier. */
+export type EventBusOptions = {
+  url: string;
+  streamName: string;
+  subjectPrefix: string;
+  duplicateWindowMs?: number;
+  /**
+   * The relay: `{ databaseUrl }` gives it its own Postgres session (advisory lock, LISTEN); `{ db: "shared" }`
+   * runs it on the app's database without a lock (the single-process embedded database); false: no relay here.
+   */
+  relay: { databaseUrl: string } | { db: "shared" } | false;
+  /** The in-process verifier's cache. */
+  verifierCache?: { maxEntries?: number; ttlMs?: number; negativeTtlMs?: number };
+};
+
+/**
+ * The API's NATS side: one connection for the fast-path publisher, the relay and gateways' key-use reports.
+ * Starting it never waits for NATS; while NATS is down commands still commit and the relay catches up later.
+ */
+export class ApiEventBus {
+  readonly link: NatsLink;
+  readonly relay: EventRelay | undefined;
+  private readonly publisher: EventPublisher;
+  private readonly unsubscribers: (() => void)[] = [];
+
+  constructor(options: EventBusOptions, db: Kysely<unknown>, log: BusLogger) {
+    this.link = new NatsLink({ servers: options.url, name: "keyledger-api", log });
+    this.publisher = new EventPublisher(this.link, { subjectPrefix: options.subjectPrefix, log });
+    if (options.relay !== false) {
+      this.relay = new EventRelay({
+        ...("databaseUrl" in options.relay ? { databaseUrl: options.relay.databaseUrl } : { db }),
+        link: this.link,
+        streamName: options.streamName,
+        subjectPrefix: options.subjectPrefix,
+        duplicateWindowMs: options.duplicateWindowMs,
+        log,
+      });
+      this.relay.start();
+    }
+  }
+
+  /** Fast path, called after a command commits: publish now rather than at the relay's next read. */
+  publishCommitted(events: RecordedEvent[]): void {
+    this.publisher.publishCommitted(events);
+    this.relay?.wake();
+  }
+
+  /** Receives gateways' key-use reports (one replica per batch, by queue group). */
+  onKeyUseReports(subjectPrefix: string, handler: (report: KeyUseReport) => void): void {
+    this.unsubscribers.push(subscribeKeyUseReports(this.link, { subjectPrefix }, handler));
+  }
+
+  async close(): Promise<void> {
+    for (const unsubscribe of this.unsubscribers) unsubscribe();
+    await this.relay?.stop();
+    await this.link.close();
+  }
+}
