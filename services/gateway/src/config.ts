@@ -1,0 +1,77 @@
+/** Gateway configuration, parsed from an environment-shaped record. Only main.ts passes `process.env` here. */
+export type GatewayConfig = {
+  port: number;
+  host: string;
+  /** Where authenticated requests go. */
+  upstreamUrl: string;
+  /** The keyledger API, asked on cache misses (`GET /api/api-keys/current`). */
+  apiUrl: string;
+  /** Without NATS nothing is cached: every request is checked with the API. */
+  natsUrl: string | undefined;
+  subjectPrefix: string;
+  cache: { maxEntries: number; ttlMs: number; negativeTtlMs: number };
+  /** How often verified key uses are reported to the API (0: not reported). */
+  keyUseReportIntervalMs: number;
+  lookupTimeoutMs: number;
+  logLevel: string;
+};
+
+export class GatewayConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`${variable}: ${message}`);
+    this.name = "GatewayConfigError";
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (!/^\d+$/.test(raw)) throw new GatewayConfigError(name, `must be an integer, got "${raw}"`);
+  const value = Number(raw);
+  if (value < min || value > max) throw new GatewayConfigError(name, `must be between ${min} and ${max}`);
+  return value;
+}
+
+function httpUrl(env: Env, name: string): string {
+  const raw = env[name];
+  if (raw === undefined || raw === "") throw new GatewayConfigError(name, "is required");
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    throw new GatewayConfigError(name, "is not a valid URL");
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw new GatewayConfigError(name, "must be an http(s) URL");
+  }
+  return raw;
+}
+
+export function parseGatewayConfig(env: Env): GatewayConfig {
+  const subjectPrefix = env.NATS_SUBJECT_PREFIX || "keyledger";
+  if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(subjectPrefix)) {
+    throw new GatewayConfigError("NATS_SUBJECT_PREFIX", "must be dot-separated tokens of letters, digits, _ and -");
+  }
+  const ttlMs = integer(env, "VERIFIER_CACHE_TTL_MS", 60_000, 1, 86_400_000);
+  return {
+    port: integer(env, "PORT", 8080, 0, 65535),
+    host: env.HOST || "0.0.0.0",
+    upstreamUrl: httpUrl(env, "UPSTREAM_URL"),
+    apiUrl: httpUrl(env, "API_URL"),
+    natsUrl: env.NATS_URL || undefined,
+    subjectPrefix,
+    cache: {
+      maxEntries: integer(env, "VERIFIER_CACHE_MAX_ENTRIES", 100_000, 1, 10_000_000),
+      ttlMs,
+      negativeTtlMs: integer(env, "VERIFIER_CACHE_NEGATIVE_TTL_MS", Math.min(2_000, ttlMs), 0, ttlMs),
+    },
+    keyUseReportIntervalMs: integer(env, "KEY_USE_REPORT_INTERVAL_MS", 1_000, 0, 3_600_000),
+    lookupTimeoutMs: integer(env, "API_LOOKUP_TIMEOUT_MS", 5_000, 100, 60_000),
+    logLevel: env.LOG_LEVEL || "info",
+  };
+}
