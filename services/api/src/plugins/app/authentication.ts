@@ -6,6 +6,7 @@ import { createLocalJWKSet, createRemoteJWKSet, type JSONWebKeySet, type JWTVeri
 import type { Kysely } from "kysely";
 import type { ApiKeyVerifier } from "../../api-key-verifier";
 import { ApiError, invalidAuthContext, invalidCredentials } from "../../http-errors";
+import { type ApiKeyVerificationOutcome, recordApiKeyVerification } from "../../metrics";
 import { type ApiKeyRow, findMember } from "../../read-model-queries";
 
 export type JwtAuthContext = {
@@ -120,6 +121,7 @@ export default fp(
       const cacheControl = request.headers["cache-control"];
       const bypassCache = typeof cacheControl === "string" && cacheControl.includes("no-cache");
       const result = await options.verifier.verify(token, { bypassCache });
+      recordApiKeyVerification(result.valid ? "valid" : (result.code.toLowerCase() as ApiKeyVerificationOutcome));
       if (!result.valid) {
         // Same body for every reason; the header tells a gateway's verifier which (it holds the value anyway).
         throw new ApiError(401, "Invalid credentials", { [KEY_STATUS_HEADER]: result.code.toLowerCase() });
