@@ -19,7 +19,6 @@ import { ErrorSchema, PermissionSchema } from "./routes/api-keys/schemas";
 import devIssuerRoutes from "./routes/dev/index";
 import healthRoutes from "./routes/health/index";
 import internalMemberRoutes from "./routes/internal/members";
-import { withSecretSafeSerializers } from "./secrets";
 
 export type AppOptions = {
   db: Kysely<unknown>;
@@ -60,7 +59,7 @@ function trustHops(hops: number) {
 
 export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
-    logger: withSecretSafeSerializers(options.logger),
+    logger: options.logger,
     bodyLimit: options.bodyLimitBytes,
     trustProxy: typeof options.trustProxy === "number" ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
     frameworkErrors: frameworkErrorHandler,
@@ -89,7 +88,6 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     options.onCommitted?.(events);
   });
   const usage = new KeyUsageRecorder(commands, options.keyUsedThrottleMs, app.log);
-  if (options.nats?.membership) eventBus?.consumeMembership(options.nats.membership, commands, app.log);
   eventBus?.onKeyUseReports(options.nats?.subjectPrefix ?? "", (report) => {
     void recordReportedKeyUses(options.db, usage, report).catch((error: unknown) =>
       app.log.warn({ err: error }, "could not record reported key uses"),
