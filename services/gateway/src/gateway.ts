@@ -1,12 +1,20 @@
 import { STATUS_CODES } from "node:http";
 import replyFrom from "@fastify/reply-from";
 import type { Verifier } from "@keyledger/verifier";
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from "fastify";
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyServerOptions,
+  LogController,
+} from "fastify";
 
 export type GatewayOptions = {
   upstreamUrl: string;
   verifier: Verifier;
-  logger: FastifyServerOptions["logger"];
+  /** A logger configuration (false: none), or `loggerInstance` to share a pino logger. */
+  logger?: FastifyServerOptions["logger"];
+  loggerInstance?: FastifyBaseLogger;
   /** Upstream connections kept open (default 128). */
   upstreamConnections?: number;
 };
@@ -44,7 +52,11 @@ declare module "fastify" {
  * `X-Keyledger-User-Id`, `X-Keyledger-Organization-Id`, `X-Keyledger-Permissions` (comma-separated).
  */
 export async function buildGateway(options: GatewayOptions): Promise<FastifyInstance> {
-  const app = Fastify({ logger: options.logger, disableRequestLogging: true });
+  const app = Fastify({
+    ...(options.loggerInstance ? { loggerInstance: options.loggerInstance } : { logger: options.logger ?? false }),
+    // No per-request log lines: the gateway sits on every request's path.
+    logController: new LogController({ disableRequestLogging: true }),
+  });
   // Bodies are streamed upstream untouched.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser("*", (_request, payload, done) => done(null, payload));

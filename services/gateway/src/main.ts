@@ -29,7 +29,7 @@ async function main() {
   if (config.natsUrl === undefined) {
     log.warn("NATS_URL is not set: nothing is cached, every request is checked with the API");
   }
-  const app = await buildGateway({ upstreamUrl: config.upstreamUrl, verifier, logger: log });
+  const app = await buildGateway({ upstreamUrl: config.upstreamUrl, verifier, loggerInstance: log });
   let closing = false;
   const shutdown = async (signal: string) => {
     if (closing) return;
