@@ -1,0 +1,88 @@
+import { type Kysely, sql } from "kysely";
+
+/** One event of an organization as auditors see it: sealed, in chain (commit) order, without key hashes. */
+export type AuditEvent = {
+  /** Opaque cursor: pass it as `after` to read on from this event. */
+  cursor: string;
+  position: string;
+  eventId: string;
+  type: string;
+  occurredAt: string;
+  actor: { userId: string | null; authMethod: string | null; requestId: string | null };
+  stream: { id: string; version: number };
+  data: Record<string, unknown>;
+  /** The event's hash in the chain (see `pnpm keyledger verify-log`). */
+  hash: string;
+};
+
+const CURSOR_PREFIX = "kl1:";
+
+/** The cursor after chain index `chainIndex` (0: from the start). */
+export function encodeCursor(chainIndex: string): string {
+  return Buffer.from(`${CURSOR_PREFIX}${chainIndex}`, "utf8").toString("base64url");
+}
+
+/** The chain index a cursor stands for, or undefined when it is not one of ours. */
+export function decodeCursor(cursor: string): string | undefined {
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(cursor)) return undefined;
+  const text = Buffer.from(cursor, "base64url").toString("utf8");
+  if (!text.startsWith(CURSOR_PREFIX)) return undefined;
+  const index = text.slice(CURSOR_PREFIX.length);
+  if (!/^(0|[1-9]\d{0,17})$/.test(index)) return undefined;
+  return index;
+}
+
+/** Data with every `...Hash` member removed, at any depth: key hashes are what a stolen value is checked against. */
+export function withoutHashes(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(withoutHashes);
+  if (value === null || typeof value !== "object") return value;
+  const result: Record<string, unknown> = {};
+  for (const [name, member] of Object.entries(value)) {
+    if (/hash$/i.test(name)) continue;
+    result[name] = withoutHashes(member);
+  }
+  return result;
+}
+
+type Row = {
+  chain_index: string;
+  hash: string;
+  global_position: string;
+  event_id: string;
+  stream_id: string;
+  stream_version: number;
+  event_type: string;
+  data: Record<string, unknown>;
+  metadata: { actorUserId?: string | null; authMethod?: string | null; requestId?: string | null };
+  occurred_at: Date;
+};
+
+/** An organization's sealed events after chain index `after`, oldest first. */
+export async function listOrganizationEvents(
+  db: Kysely<unknown>,
+  options: { organizationId: string; after: string; limit: number },
+): Promise<AuditEvent[]> {
+  const result = await sql<Row>`
+    SELECT s.chain_index::text AS chain_index, s.hash, e.global_position::text AS global_position,
+           e.event_id::text AS event_id, e.stream_id, e.stream_version, e.event_type, e.data, e.metadata,
+           e.occurred_at
+      FROM event_seals s JOIN events e ON e.global_position = s.global_position
+     WHERE s.organization_id = ${options.organizationId} AND s.chain_index > ${options.after}::bigint
+     ORDER BY s.chain_index
+     LIMIT ${options.limit}`.execute(db);
+  return result.rows.map((row) => ({
+    cursor: encodeCursor(row.chain_index),
+    position: row.global_position,
+    eventId: row.event_id,
+    type: row.event_type,
+    occurredAt: row.occurred_at.toISOString(),
+    actor: {
+      userId: row.metadata.actorUserId ?? null,
+      authMethod: row.metadata.authMethod ?? null,
+      requestId: row.metadata.requestId ?? null,
+    },
+    stream: { id: row.stream_id, version: row.stream_version },
+    data: withoutHashes(row.data) as Record<string, unknown>,
+    hash: row.hash,
+  }));
+}

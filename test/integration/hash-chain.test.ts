@@ -1,0 +1,185 @@
+import {
+  canonicalEvent,
+  chainHash,
+  GENESIS_HASH,
+  type SealableEvent,
+  sealPending,
+  verifyLog,
+} from "@keyledger/audit-log";
+import { type Kysely, sql } from "kysely";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createScratchDatabase, type ScratchDatabase } from "../support/database";
+import { writeKeyHistory } from "../support/key-history";
+
+/** Seals until every committed event is in the chain (other databases' transactions can hold the sealer back). */
+async function sealAll(db: Kysely<unknown>): Promise<void> {
+  for (let attempt = 0; attempt < 600; attempt++) {
+    const result = await sealPending(db, { batchSize: 50, wait: true });
+    const unsealed = await sql<{ n: string }>`
+      SELECT count(*)::text AS n FROM events e
+       WHERE NOT EXISTS (SELECT 1 FROM event_seals s WHERE s.global_position = e.global_position)`.execute(db);
+    if (Number(unsealed.rows[0]?.n) === 0 && !result.heldBack) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error("the log did not get sealed");
+}
+
+/** Positions in commit order: (transaction id, position). */
+async function positions(db: Kysely<unknown>): Promise<{ position: string; transactionId: string; stream: string }[]> {
+  const result = await sql<{ position: string; transaction_id: string; stream_id: string }>`
+    SELECT global_position::text AS position, transaction_id::text AS transaction_id, stream_id
+      FROM events e ORDER BY e.transaction_id, e.global_position`.execute(db);
+  return result.rows.map((r) => ({ position: r.position, transactionId: r.transaction_id, stream: r.stream_id }));
+}
+
+describe("the hash chain over the log", () => {
+  let scratch: ScratchDatabase;
+  let db: Kysely<unknown>;
+  beforeEach(async () => {
+    scratch = await createScratchDatabase(16);
+    db = scratch.db;
+    await writeKeyHistory(db, {
+      organizations: ["org-x", "org-y"],
+      usersPerOrganization: 2,
+      writers: 4,
+      operationsPerWriter: 15,
+      seed: 7,
+    });
+  });
+  afterEach(async () => {
+    await scratch?.drop();
+  });
+
+  it("seals every event in commit order, each hash chaining the previous one", async () => {
+    // Writers keep appending while the sealer runs: nobody waits for the chain.
+    const more = writeKeyHistory(db, {
+      organizations: ["org-z"],
+      usersPerOrganization: 2,
+      writers: 3,
+      operationsPerWriter: 15,
+      seed: 8,
+    });
+    while ((await sealPending(db, { batchSize: 7 })).sealed === 0) await new Promise((r) => setTimeout(r, 10));
+    await more;
+    await sealAll(db);
+
+    const seals = await sql<{ chain_index: string; global_position: string; hash: string }>`
+      SELECT chain_index::text AS chain_index, global_position::text AS global_position, hash
+        FROM event_seals s ORDER BY s.chain_index`.execute(db);
+    const log = await positions(db);
+    expect(seals.rows.map((s) => s.global_position)).toEqual(log.map((e) => e.position));
+    expect(seals.rows.map((s) => s.chain_index)).toEqual(log.map((_, i) => String(i + 1)));
+
+    // Recompute the first two hashes by hand from the stored rows.
+    const first = await sql<SealableEvent & { data: unknown }>`
+      SELECT global_position::text AS "globalPosition", transaction_id::text AS "transactionId",
+             event_id::text AS "eventId", stream_id AS "streamId", stream_version AS "streamVersion",
+             event_type AS type, data, metadata,
+             to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS "occurredAt"
+        FROM events WHERE global_position = ANY(${[log[0]?.position, log[1]?.position]}::bigint[])`.execute(db);
+    const byPosition = new Map(first.rows.map((e) => [e.globalPosition, e]));
+    const h1 = chainHash(GENESIS_HASH, byPosition.get(log[0]?.position as string) as SealableEvent);
+    const h2 = chainHash(h1, byPosition.get(log[1]?.position as string) as SealableEvent);
+    expect([seals.rows[0]?.hash, seals.rows[1]?.hash]).toEqual([h1, h2]);
+    expect(canonicalEvent(byPosition.get(log[0]?.position as string) as SealableEvent)).toMatch(
+      /^\{"data":\{.*\},"eventId":"[0-9a-f-]{36}","globalPosition":"\d+","metadata":\{.*\},"occurredAt":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z","streamId":".*","streamVersion":\d+,"type":"\w+"\}$/,
+    );
+
+    const verified = await verifyLog(db);
+    expect(verified).toMatchObject({ ok: true, eventsVerified: log.length, unsealed: 0, problem: null });
+    expect(verified.head.globalPosition).toBe(log[log.length - 1]?.position);
+
+    // Sealing again adds nothing; the chain is append-only and idempotent.
+    expect((await sealPending(db)).sealed).toBe(0);
+  });
+
+  it("names the position of an edited event", async () => {
+    await sealAll(db);
+    const log = await positions(db);
+    const target = log[Math.floor(log.length / 2)]?.position as string;
+    await sql`UPDATE events SET data = jsonb_set(data, '{name}', '"renamed"') WHERE global_position = ${target}::bigint`.execute(
+      db,
+    );
+    const result = await verifyLog(db);
+    expect(result.ok).toBe(false);
+    expect(result.problem).toMatchObject({ position: target, kind: "hash-mismatch" });
+  });
+
+  it("names the position of a deleted event", async () => {
+    await sealAll(db);
+    const log = await positions(db);
+    const target = log[Math.floor(log.length / 3)]?.position as string;
+    await sql`DELETE FROM events WHERE global_position = ${target}::bigint`.execute(db);
+    const result = await verifyLog(db);
+    expect(result.problem).toMatchObject({ position: target, kind: "missing-event" });
+  });
+
+  it("names the first position of two reordered events", async () => {
+    await sealAll(db);
+    const log = await positions(db);
+    // Swap the contents of two events of different streams (positions stay): each is now where the other was.
+    const i = Math.floor(log.length / 2);
+    const a = log[i] as (typeof log)[number];
+    const b = log.slice(i + 1).find((e) => e.stream !== a.stream) as (typeof log)[number];
+    await db.transaction().execute(async (trx) => {
+      const rows = await sql<{ global_position: string; event_id: string; stream_id: string; stream_version: number }>`
+        SELECT global_position::text AS global_position, event_id::text AS event_id, stream_id, stream_version
+          FROM events WHERE global_position IN (${a.position}::bigint, ${b.position}::bigint)`.execute(trx);
+      const [ra, rb] = [a.position, b.position].map((p) => rows.rows.find((r) => r.global_position === p)) as [
+        (typeof rows.rows)[number],
+        (typeof rows.rows)[number],
+      ];
+      await sql`UPDATE events SET event_id = gen_random_uuid(), stream_id = 'moving', stream_version = 1
+                 WHERE global_position = ${a.position}::bigint`.execute(trx);
+      await sql`UPDATE events x SET event_id = ${ra.event_id}::uuid, stream_id = ${ra.stream_id},
+                       stream_version = ${ra.stream_version}, event_type = y.event_type, data = y.data,
+                       metadata = y.metadata, occurred_at = y.occurred_at
+                  FROM events y WHERE x.global_position = ${b.position}::bigint AND y.global_position = ${a.position}::bigint`.execute(
+        trx,
+      );
+      await sql`UPDATE events SET event_id = ${rb.event_id}::uuid, stream_id = ${rb.stream_id},
+                       stream_version = ${rb.stream_version}
+                 WHERE global_position = ${a.position}::bigint`.execute(trx);
+    });
+    // (The swap above moved a's type/data/time to b but left b's at a: put b's original content at a.)
+    const result = await verifyLog(db);
+    expect(result.problem?.position).toBe(a.position);
+
+    // Reordering by commit order instead: swap the two events' transaction ids.
+    const c = log[1] as (typeof log)[number];
+    const d = log.slice(2).find((e) => e.transactionId !== c.transactionId) as (typeof log)[number];
+    expect(log.filter((e) => e.transactionId === c.transactionId || e.transactionId === d.transactionId).length).toBe(
+      log.filter((e) => e.transactionId === c.transactionId).length +
+        log.filter((e) => e.transactionId === d.transactionId).length,
+    );
+    await sql`UPDATE events SET transaction_id = CASE global_position WHEN ${c.position}::bigint THEN ${d.transactionId}::xid8
+                                                                     ELSE ${c.transactionId}::xid8 END
+               WHERE global_position IN (${c.position}::bigint, ${d.position}::bigint)`.execute(db);
+    const reordered = await verifyLog(db);
+    expect(reordered.problem?.position).toBe(c.position);
+  });
+
+  it("checks from a sealed position on, and reports a stream version gap", async () => {
+    await sealAll(db);
+    const log = await positions(db);
+    const early = log[2]?.position as string;
+    const later = log[log.length - 3]?.position as string;
+    await sql`UPDATE events SET data = jsonb_set(data, '{name}', '"renamed"') WHERE global_position = ${early}::bigint`.execute(
+      db,
+    );
+    expect((await verifyLog(db, { fromPosition: later })).ok).toBe(true);
+    expect((await verifyLog(db, { fromPosition: log[1]?.position })).problem?.position).toBe(early);
+
+    // An unsealed event appended with a version gap (v+2) is a stream problem even though the chain is intact.
+    const last = await sql<{ stream_id: string; v: number }>`
+      SELECT stream_id, max(stream_version) AS v FROM events GROUP BY stream_id ORDER BY 2 DESC LIMIT 1`.execute(db);
+    const stream = last.rows[0] as { stream_id: string; v: number };
+    const inserted = await sql<{ global_position: string }>`
+      INSERT INTO events (event_id, stream_id, stream_version, event_type, data, metadata, occurred_at)
+      VALUES (gen_random_uuid(), ${stream.stream_id}, ${stream.v + 2}, 'KeyUsed', '{}', '{}', now())
+      RETURNING global_position::text AS global_position`.execute(db);
+    const gap = await verifyLog(db, { fromPosition: later });
+    expect(gap.problem).toMatchObject({ position: inserted.rows[0]?.global_position, kind: "stream-gap" });
+    expect(gap.unsealed).toBe(1);
+  });
+});
