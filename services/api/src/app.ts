@@ -19,6 +19,7 @@ import { ErrorSchema, PermissionSchema } from "./routes/api-keys/schemas";
 import devIssuerRoutes from "./routes/dev/index";
 import healthRoutes from "./routes/health/index";
 import internalMemberRoutes from "./routes/internal/members";
+import { withSecretSafeSerializers } from "./secrets";
 
 export type AppOptions = {
   db: Kysely<unknown>;
@@ -59,7 +60,7 @@ function trustHops(hops: number) {
 
 export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
-    logger: options.logger,
+    logger: withSecretSafeSerializers(options.logger),
     bodyLimit: options.bodyLimitBytes,
     trustProxy: typeof options.trustProxy === "number" ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
     frameworkErrors: frameworkErrorHandler,

@@ -1,4 +1,5 @@
 import { STATUS_CODES } from "node:http";
+import { redactSecrets } from "./secrets";
 
 /** An error the API answers with its own status and message, in Daytona's error body. */
 export class ApiError extends Error {
@@ -19,12 +20,13 @@ export const apiKeyNotFound = () => new ApiError(404, "API key not found");
 /** Daytona's error body: `{ path, timestamp, statusCode, error, message }`. */
 export type ErrorBody = { path: string; timestamp: string; statusCode: number; error: string; message: string };
 
+/** Never echoes key material, not even the caller's own (a key pasted into a URL, a bad JSON body quoted back). */
 export function errorBody(path: string, statusCode: number, message: string): ErrorBody {
   return {
-    path,
+    path: redactSecrets(path),
     timestamp: new Date().toISOString(),
     statusCode,
     error: STATUS_CODES[statusCode] ?? "Error",
-    message,
+    message: redactSecrets(message),
   };
 }
