@@ -89,6 +89,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     options.onCommitted?.(events);
   });
   const usage = new KeyUsageRecorder(commands, options.keyUsedThrottleMs, app.log);
+  if (options.nats?.membership) eventBus?.consumeMembership(options.nats.membership, commands, app.log);
   eventBus?.onKeyUseReports(options.nats?.subjectPrefix ?? "", (report) => {
     void recordReportedKeyUses(options.db, usage, report).catch((error: unknown) =>
       app.log.warn({ err: error }, "could not record reported key uses"),

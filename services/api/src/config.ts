@@ -29,6 +29,8 @@ export type ApiConfig = {
         subjectPrefix: string;
         duplicateWindowMs: number;
         verifierCache: { maxEntries: number; ttlMs: number };
+        /** Membership changes from the organizations service (durable consumer); null: not consumed. */
+        membership: { subjectPrefix: string; streamName: string; durableName: string } | null;
       }
     | undefined;
   /** Daytona's rate limits; a limit of 0 turns one off. */
@@ -118,6 +120,23 @@ function natsUrl(env: Record<string, string | undefined>): string | undefined {
   return raw;
 }
 
+function membershipConfig(env: Record<string, string | undefined>) {
+  const subjectPrefix = env.MEMBERSHIP_SUBJECT_PREFIX ?? "organizations";
+  if (subjectPrefix === "") return null;
+  if (!NATS_TOKENS.test(subjectPrefix)) {
+    throw new ConfigError("MEMBERSHIP_SUBJECT_PREFIX", "must be dot-separated tokens of letters, digits, _ and -");
+  }
+  const streamName = env.MEMBERSHIP_STREAM || "ORGANIZATIONS";
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(streamName)) {
+    throw new ConfigError("MEMBERSHIP_STREAM", "must be 1-64 characters of letters, digits, _ and -");
+  }
+  const durableName = env.MEMBERSHIP_CONSUMER || "keyledger-membership";
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(durableName)) {
+    throw new ConfigError("MEMBERSHIP_CONSUMER", "must be 1-64 characters of letters, digits, _ and -");
+  }
+  return { subjectPrefix, streamName, durableName };
+}
+
 function natsConfig(env: Record<string, string | undefined>): ApiConfig["nats"] {
   const url = natsUrl(env);
   if (url === undefined) return undefined;
@@ -134,6 +153,7 @@ function natsConfig(env: Record<string, string | undefined>): ApiConfig["nats"] 
     streamName,
     subjectPrefix,
     duplicateWindowMs: integer(env, "NATS_DUPLICATE_WINDOW_MS", 120_000, 1_000, 86_400_000),
+    membership: membershipConfig(env),
     verifierCache: {
       maxEntries: integer(env, "VERIFIER_CACHE_MAX_ENTRIES", 100_000, 1, 10_000_000),
       ttlMs: integer(env, "VERIFIER_CACHE_TTL_MS", 60_000, 1, 86_400_000),

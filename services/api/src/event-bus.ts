@@ -7,8 +7,11 @@ import {
   NatsLink,
   subscribeKeyUseReports,
 } from "@keyledger/nats-bus";
+import type { FastifyBaseLogger } from "fastify";
 import type { Kysely } from "kysely";
 import type { ApiKeyVerifier } from "./api-key-verifier";
+import type { KeyCommands } from "./commands/key-commands";
+import { type MembershipConsumerConfig, startMembershipConsumer } from "./membership-consumer";
 
 declare module "fastify" {
   interface FastifyInstance {
@@ -30,6 +33,8 @@ export type EventBusOptions = {
    * runs it on the app's database without a lock (the single-process embedded database); false: no relay here.
    */
   relay: { databaseUrl: string } | { db: "shared" } | false;
+  /** Membership changes from the organizations service, consumed by a durable consumer; null/absent: off. */
+  membership?: MembershipConsumerConfig | null;
   /** The in-process verifier's cache. */
   verifierCache?: { maxEntries?: number; ttlMs?: number; negativeTtlMs?: number };
 };
@@ -69,6 +74,31 @@ export class ApiEventBus {
   /** Receives gateways' key-use reports (one replica per batch, by queue group). */
   onKeyUseReports(subjectPrefix: string, handler: (report: KeyUseReport) => void): void {
     this.unsubscribers.push(subscribeKeyUseReports(this.link, { subjectPrefix }, handler));
+  }
+
+  /**
+   * Starts consuming membership changes once NATS is connected (the durable consumer survives reconnects and
+   * replicas share it). Failures to set it up are logged and retried on the next connection.
+   */
+  consumeMembership(config: MembershipConsumerConfig, commands: KeyCommands, log: FastifyBaseLogger): void {
+    let consumer: Promise<{ stop(): Promise<void> } | undefined> | undefined;
+    const start = () => {
+      const nc = this.link.connection;
+      if (consumer !== undefined || nc === undefined) return;
+      consumer = startMembershipConsumer(nc, commands, config, log).catch((error: unknown) => {
+        log.warn({ err: error }, "could not start the membership consumer; retrying on reconnect");
+        consumer = undefined;
+        return undefined;
+      });
+    };
+    const off = this.link.onChange((state) => {
+      if (state === "connected") start();
+    });
+    start();
+    this.unsubscribers.push(() => {
+      off();
+      void consumer?.then((c) => c?.stop());
+    });
   }
 
   async close(): Promise<void> {
