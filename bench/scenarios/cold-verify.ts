@@ -1,0 +1,93 @@
+import type autocannon from "autocannon";
+import { startBenchEnvironment } from "../lib/environment";
+import { assertClean, load } from "../lib/load";
+import type { Figure } from "../lib/report";
+import { type Scenario, size } from "../lib/scenario";
+import { seedKeys } from "../lib/seed";
+import { profileFlags } from "./current-key";
+
+/**
+ * Cold verify: `GET /api/api-keys/current` with keys never presented before (no cache anywhere has them) among
+ * 1,000,000 keys in the table: the path a gateway's cache miss takes. Each sampled key is used exactly once.
+ */
+export const coldVerifyScenario: Scenario = {
+  id: "cold-verify",
+  title: "cold verify (cache miss) with 1,000,000 keys in the table, p99",
+  async run(context) {
+    const keys = size(context, 1_000_000, 50_000);
+    const samples = size(context, 3_000, 300);
+    // One miss at a time: the latency of a miss, not of a queue of them (misses are rare next to hits).
+    const connections = 1;
+    let sampleValues: string[] = [];
+    let seedSeconds = 0;
+    const env = await startBenchEnvironment(context, "cold", {
+      nodeFlags: profileFlags(context, "cold-verify"),
+      seed: async (database) => {
+        const began = Date.now();
+        ({ sampleValues } = await seedKeys(database.db, {
+          count: keys,
+          sample: samples + 50,
+          onProgress: (done) => {
+            if (done % 200_000 === 0) context.log(`seeded ${done} keys`);
+          },
+        }));
+        seedSeconds = (Date.now() - began) / 1000;
+        context.log(`seeded ${keys} keys in ${seedSeconds.toFixed(1)} s`);
+      },
+    });
+    try {
+      const { api } = env;
+      {
+        let next = 0;
+        const requests = (values: string[]): autocannon.Request[] => [
+          {
+            method: "GET",
+            path: "/api/api-keys/current",
+            setupRequest: (request) => {
+              const value = values[next++ % values.length];
+              return { ...request, headers: { authorization: `Bearer ${value}` } };
+            },
+          },
+        ];
+        const warm = sampleValues.slice(0, 50);
+        const measured = sampleValues.slice(50);
+        context.log("warm-up");
+        await load({ url: api.baseUrl, connections, amount: warm.length, requests: requests(warm) });
+        next = 0;
+        const result = assertClean(
+          "cold /current",
+          await load({
+            url: api.baseUrl,
+            connections,
+            amount: measured.length,
+            requests: requests(measured),
+            preciseLatency: true,
+          }),
+        );
+        context.log(`p50 ${result.latencyMs.p50.toFixed(2)} ms, p99 ${result.latencyMs.p99.toFixed(2)} ms`);
+        const figure: Figure = {
+          id: "cold-verify-p99",
+          label: `cold verify (cache miss, ${keys.toLocaleString("en-US")} keys), p99`,
+          value: result.latencyMs.p99,
+          unit: "ms",
+          goal: "≤ 5 ms",
+          pass: result.latencyMs.p99 <= 5,
+          boundBy: "",
+          details: {
+            keysInTable: keys,
+            distinctKeysPresented: measured.length,
+            connections,
+            p50Ms: result.latencyMs.p50,
+            p90Ms: result.latencyMs.p90,
+            maxMs: result.latencyMs.max,
+            verifiesPerSecond: Math.round(result.okPerSecond),
+            seedSeconds,
+          },
+        };
+        return [figure];
+      }
+    } finally {
+      await env.close();
+    }
+  },
+};
