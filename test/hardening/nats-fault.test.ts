@@ -1,0 +1,153 @@
+import type { AddressInfo } from "node:net";
+import { buildGateway } from "@keyledger/gateway";
+import { createVerifier, type Verifier } from "@keyledger/verifier";
+import Fastify, { type FastifyInstance } from "fastify";
+import { sql } from "kysely";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
+import { type OwnNatsServer, readStreamEvents, startNatsServer, testEventStream } from "../support/nats";
+
+async function until<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/**
+ * NATS unreachable (a private nats-server the test stops and starts; the shared one is never touched): commands
+ * keep succeeding, the gateway fails safe (no cached "valid" for a key revoked meanwhile: it asks the API), and
+ * once NATS is back every event committed during the outage is published, each exactly once.
+ */
+describe("NATS faults", () => {
+  let nats: OwnNatsServer;
+  let stream: ReturnType<typeof testEventStream>;
+  let api: RunningApi;
+  let upstream: FastifyInstance;
+  let verifier: Verifier;
+  let gateway: FastifyInstance;
+  let gatewayUrl: string;
+  const org = uniqueId("nats-fault-org");
+  const owner = uniqueId("nats-fault-owner");
+  let headers: Record<string, string>;
+
+  beforeAll(async () => {
+    nats = await startNatsServer();
+    stream = testEventStream(nats.url);
+    api = await startApi({
+      keyUsedThrottleMs: 0,
+      nats: {
+        url: nats.url,
+        streamName: stream.streamName,
+        subjectPrefix: stream.subjectPrefix,
+        relay: { databaseUrl: inject("databaseUrl") },
+      },
+    });
+    upstream = Fastify();
+    upstream.all("/*", async () => ({ upstream: "reached" }));
+    await upstream.listen({ port: 0, host: "127.0.0.1" });
+    verifier = createVerifier({
+      apiUrl: api.baseUrl,
+      natsUrl: nats.url,
+      subjectPrefix: stream.subjectPrefix,
+      cache: { maxEntries: 1000, ttlMs: 600_000 }, // only an event (or losing NATS) makes it forget a key
+    });
+    gateway = await buildGateway({
+      upstreamUrl: `http://127.0.0.1:${(upstream.server.address() as AddressInfo).port}`,
+      verifier,
+      logger: false,
+    });
+    await gateway.listen({ port: 0, host: "127.0.0.1" });
+    gatewayUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
+    await until(async () => ((await fetch(`${gatewayUrl}/health/ready`)).status === 200 ? true : undefined), "ready");
+    await api.setMember(org, owner, "owner");
+    headers = { ...(await api.jwtHeaders(owner, org)), "content-type": "application/json" };
+  });
+  afterAll(async () => {
+    await gateway?.close();
+    await verifier?.close();
+    await upstream?.close();
+    await api?.close();
+    await nats?.start().catch(() => {});
+    await stream?.cleanup();
+    await nats?.close();
+  });
+
+  const create = async (name: string) => {
+    const res = await fetch(`${api.baseUrl}/api/api-keys`, {
+      method: "POST",
+      headers,
+      body: JSON.stringify({ name, permissions: [] }),
+    });
+    expect(res.status, await res.clone().text()).toBe(201);
+    return ((await res.json()) as { value: string }).value;
+  };
+  const revoke = async (name: string) => {
+    const res = await fetch(`${api.baseUrl}/api/api-keys/${name}`, { method: "DELETE", headers });
+    expect(res.status).toBe(204);
+  };
+  const viaGateway = (value: string) =>
+    fetch(`${gatewayUrl}/sandbox/1`, { headers: { authorization: `Bearer ${value}` } }).then((r) => r.status);
+
+  async function eventIdsInLog(): Promise<string[]> {
+    const { rows } = await sql<{ event_id: string }>`
+      SELECT event_id::text FROM events WHERE data->>'organizationId' = ${org}`.execute(api.db);
+    return rows.map((r) => r.event_id);
+  }
+  async function eventIdsInStream(): Promise<string[]> {
+    const messages = await readStreamEvents(nats.url, stream.streamName, `${stream.subjectPrefix}.${org}.*`);
+    return messages.map((m) => m.event?.eventId ?? "undecodable");
+  }
+
+  it("commands succeed while NATS is down, the gateway fails safe, and the outage's events are published once", async () => {
+    const before = await create("before-outage");
+    expect(await viaGateway(before)).toBe(200); // now cached in the gateway
+    await until(async () => ((await eventIdsInStream()).length >= 1 ? true : undefined), "the first event in NATS");
+
+    await nats.stop();
+    await until(async () => (verifier.subscribed ? undefined : true), "the gateway to notice");
+    expect((await fetch(`${gatewayUrl}/health/ready`)).status).toBe(503);
+
+    // Commands keep working: the log is in Postgres; NATS only carries copies.
+    const during = await create("during-outage");
+    await revoke("before-outage");
+    await create("revoked-during-outage");
+    await revoke("revoked-during-outage");
+    const used = await fetch(`${api.baseUrl}/api/api-keys/current`, { headers: { authorization: `Bearer ${during}` } });
+    expect(used.status).toBe(200);
+
+    // Fail safe: the revocation event cannot reach the gateway, so it must not answer from its cache.
+    expect(await viaGateway(before)).toBe(401);
+    expect(await viaGateway(during)).toBe(200);
+    const apiCheck = await fetch(`${api.baseUrl}/api/api-keys/current`, {
+      headers: { authorization: `Bearer ${before}` },
+    });
+    expect(apiCheck.status).toBe(401); // the API's own verifier cache is bypassed too
+
+    await nats.start();
+    await until(async () => (verifier.subscribed ? true : undefined), "the gateway to resubscribe");
+
+    // Every event of the organization in the log reaches the stream, exactly once.
+    const inLog = await eventIdsInLog();
+    const published = await until(async () => {
+      const ids = await eventIdsInStream();
+      return inLog.every((id) => ids.includes(id)) ? ids : undefined;
+    }, "the relay to publish the outage's events");
+    const lost = inLog.filter((id) => !published.includes(id));
+    const duplicated = published.length - new Set(published).size;
+    console.log(
+      `nats fault figures: ${JSON.stringify({ eventsInLog: inLog.length, published: published.length, lost: lost.length, duplicated })}`,
+    );
+    expect(lost).toEqual([]);
+    expect(duplicated).toBe(0);
+    expect(published.filter((id) => !inLog.includes(id))).toEqual([]);
+
+    // Back to normal: a revocation now reaches the gateway as an event.
+    expect(await viaGateway(during)).toBe(200);
+    await revoke("during-outage");
+    await until(async () => ((await viaGateway(during)) === 401 ? true : undefined), "the revocation at the gateway");
+  });
+});
