@@ -39,7 +39,7 @@ async function spawnApi(env: Record<string, string>): Promise<ApiProcess> {
       const res = await fetch(`${url}/health/ready`);
       const body = (await res.json()) as { checks?: { nats?: string } };
       return res.status === 200 && body.checks?.nats === "subscribed" ? true : undefined;
-    }, "the API process to be ready and subscribed");
+    }, "the API process to be ready and subscribed", 60_000);
   } catch (error) {
     child.kill("SIGKILL");
     throw new Error(`${(error as Error).message}\n${output.join("")}`);
