@@ -34,12 +34,16 @@ async function spawnApi(env: Record<string, string>): Promise<ApiProcess> {
   const url = `http://127.0.0.1:${port}`;
   try {
     // Ready, and its API-key cache subscribed to invalidations (so it really caches).
-    await until(async () => {
-      if (child.exitCode !== null) throw new Error(`API exited: ${output.join("")}`);
-      const res = await fetch(`${url}/health/ready`);
-      const body = (await res.json()) as { checks?: { nats?: string } };
-      return res.status === 200 && body.checks?.nats === "subscribed" ? true : undefined;
-    }, "the API process to be ready and subscribed", 60_000);
+    await until(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`API exited: ${output.join("")}`);
+        const res = await fetch(`${url}/health/ready`);
+        const body = (await res.json()) as { checks?: { nats?: string } };
+        return res.status === 200 && body.checks?.nats === "subscribed" ? true : undefined;
+      },
+      "the API process to be ready and subscribed",
+      60_000,
+    );
   } catch (error) {
     child.kill("SIGKILL");
     throw new Error(`${(error as Error).message}\n${output.join("")}`);
