@@ -1,0 +1,152 @@
+import { sealPending } from "@keyledger/audit-log";
+import type { Kysely } from "kysely";
+import type { NotificationSource } from "./notifications";
+import { PROJECTIONS, type ProjectionDefinition } from "./projection-registry";
+import { loadProjectionStatus, markProjectionCurrent, rebuildStep } from "./rebuild";
+
+/** Channel appends notify on commit (`notifyAppended` in the event store). */
+export const EVENTS_CHANNEL = "keyledger_events";
+
+/** The pino-compatible subset the projector logs with. */
+export type ProjectorLog = {
+  info(object: object, message: string): void;
+  warn(object: object, message: string): void;
+  error(object: object, message: string): void;
+};
+
+export type ProjectorOptions = {
+  db: Kysely<unknown>;
+  /** Wakes the projector as soon as an append commits; without it, it polls only. */
+  notifications?: NotificationSource;
+  /** Fallback poll when no notification comes (ms). */
+  pollIntervalMs?: number;
+  /** Retry delay while committed events wait for an older transaction before they can be sealed (ms). */
+  heldBackRetryMs?: number;
+  sealBatchSize?: number;
+  rebuildBatchSize?: number;
+  /** Extend the hash chain (default true). */
+  seal?: boolean;
+  projections?: readonly ProjectionDefinition[];
+  log?: ProjectorLog;
+};
+
+export type ProjectorPass = {
+  sealed: number;
+  heldBack: boolean;
+  rebuildEvents: number;
+  swapped: string[];
+  /** A rebuild still has work: run again at once. */
+  more: boolean;
+};
+
+const silent: ProjectorLog = { info() {}, warn() {}, error() {} };
+
+/** Longest a pass spends on rebuild batches before it seals again. */
+const REBUILD_SLICE_MS = 500;
+
+/**
+ * The projector: after every commit (LISTEN/NOTIFY, polling as fallback) it extends the hash chain, records that
+ * inline projections are current, and carries on any requested rebuild batch by batch. Every unit of work is one
+ * transaction that stores its own progress, so a killed projector resumes where the last commit left it. Several
+ * projectors (the API replicas and a standalone one) may run: advisory locks give each unit to one of them.
+ */
+export class Projector {
+  private readonly log: ProjectorLog;
+  private stopping = false;
+  private woken = false;
+  private wakeUp: (() => void) | undefined;
+  private running: Promise<void> | undefined;
+  private unsubscribe: (() => void) | undefined;
+  private failures = 0;
+
+  constructor(private readonly options: ProjectorOptions) {
+    this.log = options.log ?? silent;
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.stopping = false;
+    this.unsubscribe = this.options.notifications?.subscribe(EVENTS_CHANNEL, () => this.wake());
+    this.running = this.loop();
+  }
+
+  wake(): void {
+    this.woken = true;
+    this.wakeUp?.();
+  }
+
+  /** Finishes the unit of work in progress, then stops. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.unsubscribe?.();
+    this.wake();
+    await this.running;
+    this.running = undefined;
+  }
+
+  /** One pass: seal what committed, mark inline projections current, advance rebuilds for a while. */
+  async runOnce(): Promise<ProjectorPass> {
+    const pass: ProjectorPass = { sealed: 0, heldBack: false, rebuildEvents: 0, swapped: [], more: false };
+    if (this.options.seal !== false) {
+      const sealing = await sealPending(this.options.db, { batchSize: this.options.sealBatchSize });
+      pass.sealed = sealing.sealed;
+      pass.heldBack = sealing.heldBack;
+    }
+    for (const projection of this.options.projections ?? PROJECTIONS) {
+      const status = await loadProjectionStatus(this.options.db, projection.name);
+      if (status?.status !== "rebuilding") {
+        if (projection.inline) await markProjectionCurrent(this.options.db, projection.name);
+        continue;
+      }
+      const started = performance.now();
+      while (!this.stopping && performance.now() - started < REBUILD_SLICE_MS) {
+        const step = await rebuildStep(this.options.db, projection, { batchSize: this.options.rebuildBatchSize });
+        if (step.kind === "applied") pass.rebuildEvents += step.events;
+        else if (step.kind === "swapped") {
+          pass.swapped.push(projection.name);
+          this.log.info(
+            { projection: projection.name, eventsApplied: step.eventsApplied },
+            "projection rebuilt and swapped in",
+          );
+          break;
+        } else if (step.kind !== "next-tier") break;
+      }
+      if (performance.now() - started >= REBUILD_SLICE_MS) pass.more = true;
+    }
+    return pass;
+  }
+
+  private async loop(): Promise<void> {
+    const poll = this.options.pollIntervalMs ?? 1000;
+    while (!this.stopping) {
+      this.woken = false;
+      let delay = poll;
+      try {
+        const pass = await this.runOnce();
+        if (pass.sealed > 0 || pass.rebuildEvents > 0) {
+          this.log.info(
+            { sealed: pass.sealed, rebuildEvents: pass.rebuildEvents, swapped: pass.swapped },
+            "projector pass",
+          );
+        }
+        if (this.failures > 0) this.log.info({}, "projector recovered");
+        this.failures = 0;
+        if (pass.more) continue;
+        if (pass.heldBack) delay = this.options.heldBackRetryMs ?? 20;
+      } catch (error) {
+        this.failures += 1;
+        delay = Math.min(poll * 2 ** Math.min(this.failures, 5), 30_000);
+        this.log.error({ err: error, failures: this.failures, retryInMs: delay }, "projector pass failed");
+      }
+      if (this.woken || this.stopping) continue;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, delay);
+        this.wakeUp = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wakeUp = undefined;
+    }
+  }
+}

@@ -1,0 +1,346 @@
+import { EVENT_TYPES, type KeyledgerEvent } from "@keyledger/domain";
+import { type Kysely, sql } from "kysely";
+import type { ProjectionDefinition } from "./projection-registry";
+
+/** Schema holding the shadow tables of projections being rebuilt (infra/migrations/0005). */
+export const SHADOW_SCHEMA = "projection_rebuild";
+
+export type ProjectionStatus = {
+  name: string;
+  status: "live" | "rebuilding";
+  /** Live: the latest snapshot whose committed events it reflects. Rebuilding: the tier being applied. */
+  snapshot: string | null;
+  previousSnapshot: string | null;
+  /** Rebuilding: the last global position applied within the current tier. */
+  position: string;
+  /** Events applied by the current (or, when live, the last) rebuild. */
+  eventsApplied: number;
+  rebuildStartedAt: Date | null;
+  rebuiltAt: Date | null;
+};
+
+type StateRow = {
+  name: string;
+  status: "live" | "rebuilding";
+  snapshot: string | null;
+  previous_snapshot: string | null;
+  position: string;
+  events_applied: string;
+  rebuild_started_at: Date | null;
+  rebuilt_at: Date | null;
+};
+
+function toStatus(row: StateRow): ProjectionStatus {
+  return {
+    name: row.name,
+    status: row.status,
+    snapshot: row.snapshot,
+    previousSnapshot: row.previous_snapshot,
+    position: String(row.position),
+    eventsApplied: Number(row.events_applied),
+    rebuildStartedAt: row.rebuild_started_at,
+    rebuiltAt: row.rebuilt_at,
+  };
+}
+
+const STATE_COLUMNS = sql`name, status, snapshot::text AS snapshot, previous_snapshot::text AS previous_snapshot,
+  position::text AS position, events_applied::text AS events_applied, rebuild_started_at, rebuilt_at`;
+
+export async function loadProjectionStatus(db: Kysely<unknown>, name: string): Promise<ProjectionStatus | undefined> {
+  const result = await sql<StateRow>`SELECT ${STATE_COLUMNS} FROM projection_state WHERE name = ${name}`.execute(db);
+  return result.rows[0] ? toStatus(result.rows[0]) : undefined;
+}
+
+/** Records that a live, inline projection reflects every event committed as of now (the projector's checkpoint). */
+export async function markProjectionCurrent(db: Kysely<unknown>, name: string): Promise<void> {
+  await sql`
+    INSERT INTO projection_state (name, status, snapshot) VALUES (${name}, 'live', pg_current_snapshot())
+    ON CONFLICT (name) DO UPDATE SET snapshot = EXCLUDED.snapshot, updated_at = now()
+     WHERE projection_state.status = 'live'`.execute(db);
+}
+
+/** One advisory lock per projection: one rebuild batch (or swap, or restart) at a time, across processes. */
+const lockKey = (name: string) => sql`hashtextextended(${`keyledger.projection.${name}`}, 0)`;
+
+const shadow = (table: string) => sql`${sql.id(SHADOW_SCHEMA)}.${sql.id(table)}`;
+
+async function liveSchema(trx: Kysely<unknown>): Promise<string> {
+  const result = await sql<{ schema: string }>`SELECT current_schema() AS schema`.execute(trx);
+  return result.rows[0]?.schema ?? "public";
+}
+
+/**
+ * Starts (or restarts) a rebuild: empty shadow tables shaped like the live ones (columns, defaults, checks and
+ * primary key; no secondary indexes, they are checked when the rows are copied into the live tables) and a first
+ * tier of everything committed as of now.
+ */
+export async function requestRebuild(db: Kysely<unknown>, projection: ProjectionDefinition): Promise<void> {
+  await db.transaction().execute(async (trx) => {
+    await sql`SELECT pg_advisory_xact_lock(${lockKey(projection.name)})`.execute(trx);
+    const schema = await liveSchema(trx);
+    for (const table of projection.tables) {
+      const live = sql`${sql.id(schema)}.${sql.id(table)}`;
+      await sql`DROP TABLE IF EXISTS ${shadow(table)}`.execute(trx);
+      await sql`CREATE TABLE ${shadow(table)}
+                  (LIKE ${live} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED)`.execute(trx);
+      const pk = await sql<{ definition: string }>`
+        SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint
+         WHERE conrelid = ${`${schema}.${table}`}::regclass AND contype = 'p'`.execute(trx);
+      if (pk.rows[0]) await sql`ALTER TABLE ${shadow(table)} ADD ${sql.raw(pk.rows[0].definition)}`.execute(trx);
+    }
+    await sql`
+      INSERT INTO projection_state (name, status, snapshot, previous_snapshot, position, events_applied,
+                                    rebuild_started_at, updated_at)
+      VALUES (${projection.name}, 'rebuilding', pg_current_snapshot(), NULL, 0, 0, now(), now())
+      ON CONFLICT (name) DO UPDATE
+        SET status = 'rebuilding', snapshot = EXCLUDED.snapshot, previous_snapshot = NULL, position = 0,
+            events_applied = 0, rebuild_started_at = now(), updated_at = now()`.execute(trx);
+  });
+}
+
+type TierRow = { global_position: string; event_type: string; data: unknown };
+
+const PROJECTED_TYPES: ReadonlySet<string> = new Set(EVENT_TYPES);
+
+/**
+ * A page of one tier: events visible in `snapshot` but not in `previous` (all of `snapshot` when there is none),
+ * after `position`, in global-position order. Tiers partition the committed log by the first snapshot that saw
+ * them, so no event is skipped, and within a tier global-position order keeps every stream's version order
+ * (a stream's next version is inserted only after its previous one committed). The log's commit-safe
+ * (transaction id, position) order does not: a command that took its transaction id early (a row lock) can commit
+ * a stream's version n+1 with a lower transaction id than version n.
+ */
+async function readTierPage(
+  trx: Kysely<unknown>,
+  tier: { snapshot: string; previous: string | null; position: string },
+  limit: number,
+): Promise<TierRow[]> {
+  const newer =
+    tier.previous === null
+      ? sql``
+      : sql`AND transaction_id >= pg_snapshot_xmin(${tier.previous}::pg_snapshot)
+            AND NOT pg_visible_in_snapshot(transaction_id, ${tier.previous}::pg_snapshot)`;
+  const result = await sql<TierRow>`
+    SELECT global_position::text AS global_position, event_type, data
+      FROM events e
+     WHERE global_position > ${tier.position}::bigint
+       AND transaction_id < pg_snapshot_xmax(${tier.snapshot}::pg_snapshot)
+       AND pg_visible_in_snapshot(transaction_id, ${tier.snapshot}::pg_snapshot)
+       ${newer}
+     ORDER BY e.global_position
+     LIMIT ${limit}`.execute(trx);
+  return result.rows;
+}
+
+function projected(rows: TierRow[]): KeyledgerEvent[] {
+  return rows
+    .filter((row) => PROJECTED_TYPES.has(row.event_type))
+    .map((row) => ({ type: row.event_type, data: row.data }) as KeyledgerEvent);
+}
+
+async function currentSnapshot(trx: Kysely<unknown>): Promise<string> {
+  const result = await sql<{ snapshot: string }>`SELECT pg_current_snapshot()::text AS snapshot`.execute(trx);
+  return (result.rows[0] as { snapshot: string }).snapshot;
+}
+
+async function applyToShadow(
+  trx: Kysely<unknown>,
+  projection: ProjectionDefinition,
+  schema: string,
+  events: KeyledgerEvent[],
+): Promise<void> {
+  if (events.length === 0) return;
+  await sql`SELECT set_config('search_path', ${`${SHADOW_SCHEMA}, ${schema}`}, true)`.execute(trx);
+  try {
+    await projection.apply(trx, events);
+  } finally {
+    await sql`SELECT set_config('search_path', ${schema}, true)`.execute(trx);
+  }
+}
+
+export type RebuildStepResult =
+  | { kind: "applied"; events: number }
+  | { kind: "next-tier" }
+  | { kind: "swapped"; events: number; eventsApplied: number }
+  | { kind: "busy" }
+  | { kind: "idle" };
+
+export type RebuildOptions = {
+  /** Events per transaction. */
+  batchSize?: number;
+  /** The swap is done once at most this many events remain to catch up; more starts another tier first. */
+  swapThreshold?: number;
+  /** How long the swap waits for the live tables' locks before giving up for now. */
+  lockTimeoutMs?: number;
+};
+
+/**
+ * One transaction of a rebuild: applies the next page of the current tier to the shadow tables and stores the
+ * progress with it; when the tier is done, starts the next tier, or — if little is left — swaps: locks the live
+ * tables (writers wait), applies what committed since, replaces the live rows with the shadow's and marks the
+ * projection live. Killing the process at any point loses at most the open transaction; calling this again
+ * continues. Another process holding the projection's lock makes it return `busy`.
+ */
+export async function rebuildStep(
+  db: Kysely<unknown>,
+  projection: ProjectionDefinition,
+  options: RebuildOptions = {},
+): Promise<RebuildStepResult> {
+  const batchSize = options.batchSize ?? 5000;
+  const swapThreshold = options.swapThreshold ?? batchSize;
+  try {
+    return await db.transaction().execute(async (trx) => {
+      await sql`SET LOCAL statement_timeout = 0`.execute(trx);
+      const locked = await sql<{ locked: boolean }>`
+        SELECT pg_try_advisory_xact_lock(${lockKey(projection.name)}) AS locked`.execute(trx);
+      if (!locked.rows[0]?.locked) return { kind: "busy" } as const;
+      const state = await sql<StateRow>`
+        SELECT ${STATE_COLUMNS} FROM projection_state WHERE name = ${projection.name} FOR UPDATE`.execute(trx);
+      const row = state.rows[0];
+      if (row?.status !== "rebuilding" || row.snapshot === null) return { kind: "idle" } as const;
+      const schema = await liveSchema(trx);
+      const tier = { snapshot: row.snapshot, previous: row.previous_snapshot, position: String(row.position) };
+
+      const page = await readTierPage(trx, tier, batchSize);
+      if (page.length > 0) {
+        await applyToShadow(trx, projection, schema, projected(page));
+        await sql`
+          UPDATE projection_state
+             SET position = ${(page[page.length - 1] as TierRow).global_position}::bigint,
+                 events_applied = events_applied + ${page.length}, updated_at = now()
+           WHERE name = ${projection.name}`.execute(trx);
+        return { kind: "applied", events: page.length } as const;
+      }
+
+      const now = await currentSnapshot(trx);
+      const pending = await readTierPage(
+        trx,
+        { snapshot: now, previous: tier.snapshot, position: "0" },
+        swapThreshold + 1,
+      );
+      if (pending.length > swapThreshold) {
+        await sql`
+          UPDATE projection_state
+             SET previous_snapshot = snapshot, snapshot = ${now}::pg_snapshot, position = 0, updated_at = now()
+           WHERE name = ${projection.name}`.execute(trx);
+        return { kind: "next-tier" } as const;
+      }
+      return swap(trx, projection, schema, tier, Number(row.events_applied), batchSize, options.lockTimeoutMs ?? 3000);
+    });
+  } catch (error) {
+    if ((error as { code?: string }).code === "55P03") return { kind: "busy" }; // lock_timeout on the live tables
+    throw error;
+  }
+}
+
+async function swap(
+  trx: Kysely<unknown>,
+  projection: ProjectionDefinition,
+  schema: string,
+  tier: { snapshot: string; previous: string | null; position: string },
+  eventsBefore: number,
+  batchSize: number,
+  lockTimeoutMs: number,
+): Promise<RebuildStepResult> {
+  await sql`SELECT set_config('lock_timeout', ${`${lockTimeoutMs}ms`}, true)`.execute(trx);
+  const tables = projection.tables.map((table) => sql`${sql.id(schema)}.${sql.id(table)}`);
+  await sql`LOCK TABLE ${sql.join(tables)} IN ACCESS EXCLUSIVE MODE`.execute(trx);
+  await sql`SET LOCAL lock_timeout = 0`.execute(trx);
+  // Writers of this projection now wait; every event committed so far is visible in `final`.
+  const final = await currentSnapshot(trx);
+  let current = tier;
+  let caughtUp = 0;
+  for (;;) {
+    const page = await readTierPage(trx, current, batchSize);
+    if (page.length > 0) {
+      await applyToShadow(trx, projection, schema, projected(page));
+      caughtUp += page.length;
+      current = { ...current, position: (page[page.length - 1] as TierRow).global_position };
+      continue;
+    }
+    if (current.snapshot === final) break;
+    current = { snapshot: final, previous: current.snapshot, position: "0" };
+  }
+  for (const table of projection.tables) {
+    const live = sql`${sql.id(schema)}.${sql.id(table)}`;
+    const columns = await sql<{ column_name: string }>`
+      SELECT column_name FROM information_schema.columns
+       WHERE table_schema = ${SHADOW_SCHEMA} AND table_name = ${table} ORDER BY ordinal_position`.execute(trx);
+    const list = sql.join(columns.rows.map((c) => sql.id(c.column_name)));
+    await sql`TRUNCATE ${live}`.execute(trx);
+    await sql`INSERT INTO ${live} (${list}) SELECT ${list} FROM ${shadow(table)}`.execute(trx);
+    await sql`DROP TABLE ${shadow(table)}`.execute(trx);
+  }
+  await sql`
+    UPDATE projection_state
+       SET status = 'live', snapshot = ${final}::pg_snapshot, previous_snapshot = NULL, position = 0,
+           events_applied = events_applied + ${caughtUp}, rebuilt_at = now(), updated_at = now()
+     WHERE name = ${projection.name}`.execute(trx);
+  return { kind: "swapped", events: caughtUp, eventsApplied: eventsBefore + caughtUp };
+}
+
+export type RebuildStats = {
+  projection: string;
+  events: number;
+  durationMs: number;
+  eventsPerSecond: number;
+  rows: Record<string, number>;
+};
+
+const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Continues a requested rebuild until it is swapped in (waiting while another process holds a batch).
+ * `onProgress` gets the events applied so far.
+ */
+export async function continueRebuild(
+  db: Kysely<unknown>,
+  projection: ProjectionDefinition,
+  options: RebuildOptions & { onProgress?: (eventsApplied: number) => void } = {},
+): Promise<{ eventsApplied: number }> {
+  let applied = 0;
+  for (;;) {
+    const step = await rebuildStep(db, projection, options);
+    switch (step.kind) {
+      case "applied":
+        applied += step.events;
+        options.onProgress?.(applied);
+        break;
+      case "next-tier":
+        break;
+      case "busy":
+        await pause(25);
+        break;
+      case "swapped":
+        return { eventsApplied: step.eventsApplied };
+      case "idle": {
+        const status = await loadProjectionStatus(db, projection.name);
+        return { eventsApplied: status?.eventsApplied ?? applied };
+      }
+    }
+  }
+}
+
+/** Truncates and rebuilds a projection from the log (`pnpm keyledger rebuild`); the API keeps serving meanwhile. */
+export async function rebuildProjection(
+  db: Kysely<unknown>,
+  projection: ProjectionDefinition,
+  options: RebuildOptions & { onProgress?: (eventsApplied: number) => void } = {},
+): Promise<RebuildStats> {
+  const started = performance.now();
+  await requestRebuild(db, projection);
+  const { eventsApplied } = await continueRebuild(db, projection, options);
+  const durationMs = performance.now() - started;
+  const rows: Record<string, number> = {};
+  for (const table of projection.tables) {
+    const count = await sql<{ n: string }>`SELECT count(*)::text AS n FROM ${sql.id(table)}`.execute(db);
+    rows[table] = Number(count.rows[0]?.n ?? 0);
+  }
+  return {
+    projection: projection.name,
+    events: eventsApplied,
+    durationMs,
+    eventsPerSecond: durationMs > 0 ? Math.round((eventsApplied * 1000) / durationMs) : 0,
+    rows,
+  };
+}

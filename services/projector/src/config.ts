@@ -1,0 +1,47 @@
+/** Projector configuration, parsed from an environment-shaped record. Only main.ts passes `process.env` here. */
+export type ProjectorConfig = {
+  databaseUrl: string;
+  /** Fallback poll when no notification arrives (ms). */
+  pollIntervalMs: number;
+  sealBatchSize: number;
+  rebuildBatchSize: number;
+  logLevel: string;
+};
+
+export class ProjectorConfigError extends Error {
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`${variable}: ${message}`);
+    this.name = "ProjectorConfigError";
+  }
+}
+
+function integer(env: Record<string, string | undefined>, name: string, fallback: number, min: number, max: number) {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (!/^\d+$/.test(raw)) throw new ProjectorConfigError(name, `must be an integer, got "${raw}"`);
+  const value = Number(raw);
+  if (value < min || value > max) {
+    throw new ProjectorConfigError(name, `must be between ${min} and ${max}, got ${value}`);
+  }
+  return value;
+}
+
+export function parseProjectorConfig(env: Record<string, string | undefined>): ProjectorConfig {
+  const databaseUrl = env.DATABASE_URL;
+  if (!databaseUrl) throw new ProjectorConfigError("DATABASE_URL", "is required");
+  try {
+    new URL(databaseUrl);
+  } catch {
+    throw new ProjectorConfigError("DATABASE_URL", "is not a valid URL");
+  }
+  return {
+    databaseUrl,
+    pollIntervalMs: integer(env, "PROJECTOR_POLL_INTERVAL_MS", 1000, 10, 600_000),
+    sealBatchSize: integer(env, "PROJECTOR_SEAL_BATCH_SIZE", 1000, 1, 100_000),
+    rebuildBatchSize: integer(env, "PROJECTOR_REBUILD_BATCH_SIZE", 5000, 1, 100_000),
+    logLevel: env.LOG_LEVEL || "info",
+  };
+}

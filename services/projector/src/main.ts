@@ -1,0 +1,59 @@
+import { runMigrations } from "@keyledger/event-store";
+import { PgNotificationListener, Projector } from "@keyledger/projections";
+import { Kysely, PostgresDialect } from "kysely";
+import pg from "pg";
+import pino from "pino";
+import { ProjectorConfigError, parseProjectorConfig } from "./config";
+
+/** The standalone projector (`pnpm run start:projector`). The only place that reads the environment. */
+async function main() {
+  let config: ReturnType<typeof parseProjectorConfig>;
+  try {
+    config = parseProjectorConfig(process.env);
+  } catch (error) {
+    if (error instanceof ProjectorConfigError) {
+      process.stderr.write(`keyledger projector: invalid configuration: ${error.message}\n`);
+      process.exit(78);
+    }
+    throw error;
+  }
+  const log = pino({ level: config.logLevel, base: { service: "projector" } });
+  const pool = new pg.Pool({ connectionString: config.databaseUrl, max: 4, connectionTimeoutMillis: 5_000 });
+  pool.on("error", (error) => log.warn({ err: error }, "idle database connection lost"));
+  const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
+  await runMigrations(db);
+  const notifications = new PgNotificationListener({
+    connectionString: config.databaseUrl,
+    onError: (error) => log.warn({ err: error }, "notification connection lost; polling until it is back"),
+  });
+  const projector = new Projector({
+    db,
+    notifications,
+    pollIntervalMs: config.pollIntervalMs,
+    sealBatchSize: config.sealBatchSize,
+    rebuildBatchSize: config.rebuildBatchSize,
+    log,
+  });
+  projector.start();
+  log.info({ pollIntervalMs: config.pollIntervalMs }, "projector started");
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, "projector stopping");
+    const timer = setTimeout(() => process.exit(1), 10_000);
+    timer.unref();
+    await projector.stop();
+    await notifications.close();
+    await db.destroy();
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+main().catch((error) => {
+  process.stderr.write(`keyledger projector: failed to start: ${(error as Error).message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,224 @@
+import { randomUUID } from "node:crypto";
+import { type CommandContext, KeyCommands } from "@keyledger/api";
+import { type KeyledgerEvent, keyStreamId } from "@keyledger/domain";
+import { appendToStream, LOG_START, readAllAfter, readStream } from "@keyledger/event-store";
+import {
+  API_KEYS_PROJECTION,
+  applyToReadModel,
+  loadProjectionStatus,
+  rebuildProjection,
+  rebuildStep,
+  requestRebuild,
+} from "@keyledger/projections";
+import { type Kysely, sql } from "kysely";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createScratchDatabase, type ScratchDatabase } from "../support/database";
+import { readModelRows, writeKeyHistory } from "../support/key-history";
+
+function context(organizationId: string, actorUserId: string): CommandContext {
+  return { now: new Date(), metadata: { actorUserId, organizationId, authMethod: "jwt", requestId: null } };
+}
+
+async function eventTypes(db: Kysely<unknown>): Promise<Record<string, number>> {
+  const result = await sql<{ event_type: string; n: string }>`
+    SELECT event_type, count(*)::text AS n FROM events GROUP BY event_type`.execute(db);
+  return Object.fromEntries(result.rows.map((r) => [r.event_type, Number(r.n)]));
+}
+
+async function eventCount(db: Kysely<unknown>): Promise<number> {
+  const result = await sql<{ n: string }>`SELECT count(*)::text AS n FROM events`.execute(db);
+  return Number(result.rows[0]?.n);
+}
+
+/**
+ * Runs `work` in a transaction that took its transaction id before `meanwhile` runs and commits — as
+ * `createApiKey` (FOR SHARE on the member row) and `changeMember` (FOR UPDATE, inbox insert) do before they read
+ * the key stream. Its events then sort before `meanwhile`'s in (transaction id, position) order, though they
+ * come after them in the stream.
+ */
+async function withEarlyTransactionId(
+  db: Kysely<unknown>,
+  meanwhile: () => Promise<unknown>,
+  work: (trx: Kysely<unknown>) => Promise<void>,
+): Promise<void> {
+  let idTaken!: () => void;
+  const taken = new Promise<void>((resolve) => {
+    idTaken = resolve;
+  });
+  let proceed!: () => void;
+  const gate = new Promise<void>((resolve) => {
+    proceed = resolve;
+  });
+  const early = db.transaction().execute(async (trx) => {
+    await sql`SELECT pg_current_xact_id()`.execute(trx);
+    idTaken();
+    await gate;
+    await work(trx);
+  });
+  await taken;
+  await meanwhile();
+  proceed();
+  await early;
+}
+
+async function appendInline(trx: Kysely<unknown>, streamId: string, event: KeyledgerEvent, organizationId: string) {
+  const { version } = await readStream(trx, streamId);
+  const recorded = await appendToStream(trx, streamId, version, [event], context(organizationId, "someone").metadata);
+  for (const e of recorded) await applyToReadModel(trx, e);
+}
+
+describe("rebuilding the api_keys projection from the log", () => {
+  let scratch: ScratchDatabase;
+  let db: Kysely<unknown>;
+  beforeAll(async () => {
+    scratch = await createScratchDatabase(24);
+    db = scratch.db;
+  });
+  afterAll(async () => {
+    await scratch?.drop();
+  });
+
+  it("leaves every row equal to the live one after a mixed history written by concurrent writers", async () => {
+    const stats = await writeKeyHistory(db, {
+      organizations: ["org-a", "org-b", "org-c"],
+      usersPerOrganization: 3,
+      writers: 8,
+      operationsPerWriter: 60,
+      seed: 1,
+    });
+    const types = await eventTypes(db);
+    for (const type of ["KeyCreated", "KeyUsed", "KeyRevoked", "KeyRotated", "MemberAccessChanged", "MemberRemoved"]) {
+      expect(types[type], `${type} in ${JSON.stringify(types)} (${JSON.stringify(stats)})`).toBeGreaterThan(0);
+    }
+    const live = await readModelRows(db);
+    expect(live.apiKeys.length).toBeGreaterThan(10);
+
+    const result = await rebuildProjection(db, API_KEYS_PROJECTION, { batchSize: 37 });
+
+    expect(result.events).toBe(await eventCount(db));
+    expect(await readModelRows(db)).toEqual(live);
+    expect(result.rows).toEqual({ organization_members: live.members.length, api_keys: live.apiKeys.length });
+    expect((await loadProjectionStatus(db, "api_keys"))?.status).toBe("live");
+  });
+
+  it("leaves the live tables alone until the swap, and loses no write made during the rebuild", async () => {
+    const before = await readModelRows(db);
+    await requestRebuild(db, API_KEYS_PROJECTION);
+    for (let i = 0; i < 3; i++)
+      expect((await rebuildStep(db, API_KEYS_PROJECTION, { batchSize: 25 })).kind).toBe("applied");
+    const shadow = await sql<{ n: string }>`SELECT count(*)::text AS n FROM projection_rebuild.api_keys`.execute(db);
+    expect(Number(shadow.rows[0]?.n)).toBeGreaterThan(0);
+    expect(await readModelRows(db)).toEqual(before);
+
+    // Writers keep going while the rebuild (restarted, in small batches) runs and swaps.
+    const writing = writeKeyHistory(db, {
+      organizations: ["org-d", "org-e"],
+      usersPerOrganization: 3,
+      writers: 6,
+      operationsPerWriter: 50,
+      seed: 2,
+    });
+    const rebuilding = rebuildProjection(db, API_KEYS_PROJECTION, { batchSize: 20, swapThreshold: 5 });
+    await Promise.all([writing, rebuilding]);
+    const afterConcurrentRebuild = await readModelRows(db);
+
+    await rebuildProjection(db, API_KEYS_PROJECTION);
+    expect(await readModelRows(db)).toEqual(afterConcurrentRebuild);
+  });
+
+  it("keeps each stream's version order where the log's commit-safe order inverts it", async () => {
+    const commands = new KeyCommands(db);
+    const org = `org-${randomUUID()}`;
+    const user = "inverted-user";
+    await commands.changeMember(
+      {
+        type: "ChangeMemberAccess",
+        data: { organizationId: org, userId: user, role: "owner", permissions: [], now: new Date() },
+      },
+      context(org, user),
+    );
+    const stream = keyStreamId(org, user, "ci");
+    const key = (keyId: string) => ({
+      keyId,
+      organizationId: org,
+      userId: user,
+      name: "ci",
+      keyHash: randomUUID(),
+      maskedValue: "dtn****",
+      permissions: [],
+      expiresAt: null,
+    });
+    const first = key(randomUUID());
+    await commands.createApiKey(first, context(org, user));
+
+    // Version 3 (re-create "ci") commits in a transaction older than version 2's (delete "ci").
+    const second = key(randomUUID());
+    await withEarlyTransactionId(
+      db,
+      () => commands.revokeApiKey({ organizationId: org, userId: user, name: "ci" }, "deleted", context(org, user)),
+      (trx) =>
+        appendInline(
+          trx,
+          stream,
+          {
+            type: "KeyCreated",
+            data: { ...second, createdAt: new Date().toISOString(), expiresAt: null },
+          },
+          org,
+        ),
+    );
+    // Version 5 (revoke, by a membership change) commits in a transaction older than version 4's (rotation).
+    await withEarlyTransactionId(
+      db,
+      () =>
+        commands.rotateApiKey(
+          { organizationId: org, userId: user, name: "ci" },
+          { keyHash: "rotated-hash", maskedValue: "dtn**rot", gracePeriodSeconds: 60, expiresAt: undefined },
+          context(org, user),
+        ),
+      (trx) =>
+        appendInline(
+          trx,
+          stream,
+          {
+            type: "KeyRevoked",
+            data: {
+              keyId: second.keyId,
+              organizationId: org,
+              userId: user,
+              name: "ci",
+              keyHash: "rotated-hash",
+              previousKeyHash: second.keyHash,
+              reason: "permissions_unassigned",
+              revokedAt: new Date().toISOString(),
+            },
+          },
+          org,
+        ),
+    );
+
+    // readAllAfter reads below the oldest running transaction of the whole server: wait until it has passed ours.
+    let inLogOrder: number[] = [];
+    for (let attempt = 0; inLogOrder.length < 5 && attempt < 600; attempt++) {
+      if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 50));
+      inLogOrder = [];
+      for (let checkpoint = LOG_START; ; ) {
+        const page = await readAllAfter(db, checkpoint, 1000);
+        if (page.length === 0) break;
+        for (const e of page) if (e.streamId === stream) inLogOrder.push(e.streamVersion);
+        const last = page[page.length - 1] as (typeof page)[number];
+        checkpoint = { transactionId: last.transactionId, globalPosition: last.globalPosition };
+      }
+    }
+    expect(inLogOrder).toEqual([1, 3, 2, 5, 4]);
+
+    const live = await readModelRows(db);
+    const rows = await sql<{ key_id: string; key_hash: string; revoked_at: Date | null }>`
+      SELECT key_id, key_hash, revoked_at FROM api_keys WHERE organization_id = ${org}`.execute(db);
+    expect(rows.rows.find((r) => r.key_id === second.keyId)).toMatchObject({ key_hash: "rotated-hash" });
+    expect(rows.rows.every((r) => r.revoked_at !== null)).toBe(true);
+
+    await rebuildProjection(db, API_KEYS_PROJECTION, { batchSize: 3 });
+    expect(await readModelRows(db)).toEqual(live);
+  });
+});
