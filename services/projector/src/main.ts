@@ -20,6 +20,11 @@ async function main() {
   const log = pino({ level: config.logLevel, base: { service: "projector" } });
   const pool = new pg.Pool({ connectionString: config.databaseUrl, max: 4, connectionTimeoutMillis: 5_000 });
   pool.on("error", (error) => log.warn({ err: error }, "idle database connection lost"));
+  // A client that loses its connection mid-query emits 'error' where the pool no longer listens: unheard, it
+  // would crash the process. The query itself rejects, the projector retries, and the pool drops the client.
+  pool.on("connect", (client) => {
+    client.on("error", (error) => log.warn({ err: error }, "database connection lost during a query"));
+  });
   const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
   await runMigrations(db);
   const notifications = new PgNotificationListener({
