@@ -5,7 +5,7 @@ import { Kysely, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { uniqueId } from "../../../test/support/api-harness";
-import { readStreamEvents, testEventStream } from "../../../test/support/nats";
+import { type OwnNatsServer, readStreamEvents, startNatsServer, testEventStream } from "../../../test/support/nats";
 import { EventPublisher, EventRelay, ensureEventStream, NatsLink, organizationSubjectFilter } from "../src/index";
 
 const databaseUrl = () => inject("databaseUrl");
@@ -150,6 +150,83 @@ describe("event relay", () => {
       expect(again.config.subjects).toEqual(created.config.subjects);
     } finally {
       await own.cleanup();
+    }
+  });
+});
+
+describe("event relay across a NATS outage", () => {
+  let server: OwnNatsServer;
+  let db: Kysely<unknown>;
+  let link: NatsLink;
+  let stream: ReturnType<typeof testEventStream>;
+
+  beforeAll(async () => {
+    server = await startNatsServer();
+    stream = testEventStream(server.url);
+    db = new Kysely({
+      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: databaseUrl(), max: 2 }) }),
+    });
+    link = new NatsLink({ servers: server.url, name: "relay-outage-test" });
+    await link.whenConnected();
+  });
+  afterAll(async () => {
+    await link.close();
+    await server.close();
+    await db.destroy();
+  });
+
+  it("keeps its checkpoint while NATS is down and publishes every missed event once it is back", async () => {
+    const org = uniqueId("org");
+    const append = async (name: string) =>
+      db.transaction().execute(async (trx) => {
+        await appendToStream(trx, keyStreamId(org, "user-1", name), 0, [keyCreated(org, name)], {
+          actorUserId: "user-1",
+          organizationId: org,
+          authMethod: "jwt",
+          requestId: null,
+        });
+        await notifyAppended(trx);
+      });
+    const inStream = async () =>
+      (await readStreamEvents(server.url, stream.streamName, organizationSubjectFilter(stream.subjectPrefix, org))).map(
+        (m) => m.event?.eventId,
+      );
+    const inLog = async () =>
+      (
+        await sql<{ event_id: string }>`
+          SELECT event_id FROM events WHERE data->>'organizationId' = ${org}
+           ORDER BY transaction_id, global_position`.execute(db)
+      ).rows.map((r) => r.event_id);
+
+    const relay = new EventRelay({
+      databaseUrl: databaseUrl(),
+      link,
+      ...stream,
+      checkpointName: `relay-outage:${randomUUID()}`,
+      pollIntervalMs: 50,
+      retryDelayMs: 50,
+      publishTimeoutMs: 1_000,
+    });
+    relay.start();
+    try {
+      await append("before");
+      await until(async () => (await inStream()).length === 1, "the first event");
+
+      await server.stop();
+      await until(() => !link.connected, "the link to notice the outage");
+      const checkpointBefore = relay.checkpoint;
+      for (const name of ["during-1", "during-2", "during-3"]) await append(name);
+      // Nothing was acknowledged, so the checkpoint has not moved past the outage's events.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(relay.checkpoint).toEqual(checkpointBefore);
+
+      await server.start();
+      await until(async () => (await inStream()).length >= 4, "the missed events", 30_000);
+      const published = await inStream();
+      expect(published).toEqual(await inLog());
+      expect(new Set(published).size).toBe(4);
+    } finally {
+      await relay.stop();
     }
   });
 });
