@@ -45,7 +45,7 @@ describe("Postgres faults", () => {
   });
 
   /** Load: `workers` loops of create (unique names) and list, until `stop()`; every answer recorded. */
-  function load(workers: number, phase: () => string) {
+  function load(workers: number, phase: () => string, prefix: string) {
     const results: Result[] = [];
     let running = true;
     let counter = 0;
@@ -53,7 +53,7 @@ describe("Postgres faults", () => {
       const headers = { ...(await api.jwtHeaders(owner, org)), "content-type": "application/json" };
       while (running) {
         const op = counter % 4 === 3 ? "list" : "create";
-        const name = `k-${worker}-${counter++}`;
+        const name = `${prefix}-${worker}-${counter++}`;
         const started = Date.now();
         const startedIn = phase();
         try {
@@ -126,7 +126,7 @@ describe("Postgres faults", () => {
 
   async function runFault(fault: "cut" | "stall") {
     let phase = "up";
-    const run = load(6, () => phase);
+    const run = load(6, () => phase, fault);
     await waitFor(
       () => run.results.filter((r) => r.status === 201).length >= 10,
       "successes before the fault",
