@@ -34,6 +34,8 @@ export async function startApi(
     databaseUrl?: string;
     /** Pool settings for fault tests (defaults: 10 connections, the service's timeouts). */
     database?: { maxConnections?: number; statementTimeoutMs?: number };
+    /** LISTEN/NOTIFY source (wakes audit event streams). */
+    notifications?: AppOptions["notifications"];
   } = {},
 ): Promise<RunningApi> {
   const issuer = await startTestIssuer();
@@ -53,6 +55,7 @@ export async function startApi(
     rateLimits: options.rateLimits,
     trustProxy: options.trustProxy,
     nats: options.nats,
+    notifications: options.notifications,
   });
   await app.listen({ port: 0, host: "127.0.0.1" });
   const { port } = app.server.address() as AddressInfo;

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
+import type { NotificationSource } from "@keyledger/projections";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Kysely } from "kysely";
 import { type ApiKeyVerifier, createApiKeyVerifier } from "./api-key-verifier";
@@ -13,6 +14,7 @@ import rateLimits, { type RateLimitSettings } from "./plugins/app/rate-limits";
 import errorHandler, { clientErrorHandler, frameworkErrorHandler } from "./plugins/external/error-handler";
 import metrics from "./plugins/external/metrics";
 import openapi from "./plugins/external/openapi";
+import apiKeyEventRoutes from "./routes/api-key-events/index";
 import apiKeyRoutes from "./routes/api-keys/index";
 import apiKeyRotationRoutes from "./routes/api-keys/rotation";
 import { ErrorSchema, PermissionSchema } from "./routes/api-keys/schemas";
@@ -38,6 +40,8 @@ export type AppOptions = {
   rateLimits?: RateLimitSettings;
   /** Whose `X-Forwarded-For` decides the client IP (fastify's `trustProxy`); default: nobody's. */
   trustProxy?: boolean | number | string;
+  /** Postgres notifications (LISTEN): wake the audit event streams when the hash chain grows; else they poll. */
+  notifications?: NotificationSource;
 };
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -136,6 +140,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
   await app.register(apiKeyRoutes, { prefix: "/api", db: options.db, commands });
   await app.register(apiKeyRotationRoutes, { prefix: "/api", commands });
+  await app.register(apiKeyEventRoutes, { prefix: "/api", db: options.db, notifications: options.notifications });
   if (options.internalApiToken !== undefined) {
     await app.register(internalMemberRoutes, { commands, internalApiToken: options.internalApiToken });
   }

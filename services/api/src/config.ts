@@ -38,6 +38,8 @@ export type ApiConfig = {
     failedAuth: { limit: number; ttlSeconds: number } | null;
     authenticated: { limit: number; ttlSeconds: number } | null;
   };
+  /** Run the projector (hash chain, rebuilds) inside the API process (`PROJECTOR_IN_API`, default true). */
+  projectorInApi: boolean;
 };
 
 export class ConfigError extends Error {
@@ -199,5 +201,14 @@ export function parseApiConfig(env: Record<string, string | undefined>): ApiConf
       failedAuth: rateLimit(env, "FAILED_AUTH", 20, 60),
       authenticated: rateLimit(env, "AUTHENTICATED", 1000, 60),
     },
+    projectorInApi: flag(env, "PROJECTOR_IN_API", true),
   };
+}
+
+function flag(env: Record<string, string | undefined>, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  if (raw === "true" || raw === "1") return true;
+  if (raw === "false" || raw === "0") return false;
+  throw new ConfigError(name, `must be true or false, got "${raw}"`);
 }

@@ -1,5 +1,6 @@
 import { join, resolve } from "node:path";
 import { runMigrations } from "@keyledger/event-store";
+import { PgNotificationListener, Projector } from "@keyledger/projections";
 import closeWithGrace from "close-with-grace";
 import { buildApp, LOG_REDACTIONS } from "./app";
 import { ConfigError, parseApiConfig } from "./config";
@@ -23,6 +24,11 @@ async function main() {
     ? createPostgresDatabase({ connectionString: config.databaseUrl })
     : await openEmbeddedDatabase({ dataDir: config.dataDir });
   await runMigrations(db);
+  // LISTEN needs a connection of its own: Postgres only (the embedded database polls).
+  let onListenError = (_error: Error) => {};
+  const notifications = config.databaseUrl
+    ? new PgNotificationListener({ connectionString: config.databaseUrl, onError: (error) => onListenError(error) })
+    : undefined;
   const devIssuer = config.oidc
     ? undefined
     : await loadDevIssuer({ issuer: config.publicUrl, keyFile: join(config.dataDir, "dev-issuer-key.json") });
@@ -41,7 +47,13 @@ async function main() {
       relay: config.databaseUrl ? { databaseUrl: config.databaseUrl } : { db: "shared" },
     },
     logger: { level: config.logLevel, redact: { paths: LOG_REDACTIONS, censor: "[redacted]" } },
+    notifications,
   });
+  onListenError = (error) => app.log.warn({ err: error }, "LISTEN connection lost; polling until it is back");
+  // The projector (hash chain, rebuilds) runs here too unless PROJECTOR_IN_API=false (then run start:projector).
+  const projector = config.projectorInApi
+    ? new Projector({ db, notifications, log: app.log.child({ component: "projector" }) })
+    : undefined;
   if (!config.databaseUrl) {
     app.log.warn(
       { dataDir: resolve(config.dataDir) },
@@ -79,10 +91,13 @@ async function main() {
     async ({ signal, err }) => {
       if (err) app.log.error({ err }, "uncaught error: shutting down");
       else app.log.info({ signal }, "shutting down");
+      await projector?.stop();
       await app.close();
+      await notifications?.close();
       await db.destroy();
     },
   );
+  projector?.start();
   await app.listen({ port: config.port, host: config.host });
 }
 

@@ -30,8 +30,8 @@ export type ApiKeyAuthContext = {
 
 export type AuthContext = JwtAuthContext | ApiKeyAuthContext;
 
-/** Which credential a route takes. Routes without it are public (health, docs). */
-export type RouteAuth = "jwt" | "api_key";
+/** Which credential a route takes (`jwt_or_api_key`: either). Routes without it are public (health, docs). */
+export type RouteAuth = "jwt" | "api_key" | "jwt_or_api_key";
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -143,7 +143,7 @@ export default fp(
       if (required === undefined) return;
       const token = bearerToken(request);
       const looksLikeJwt = JWT_SHAPE.test(token);
-      if (required === "jwt") {
+      if (required === "jwt" || (required === "jwt_or_api_key" && looksLikeJwt)) {
         if (!looksLikeJwt) throw invalidCredentials();
         request.auth = await authenticateJwt(request, token);
       } else {
