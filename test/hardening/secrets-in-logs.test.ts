@@ -62,7 +62,10 @@ describe("secrets in logs and error messages", () => {
     expect(created.status).toBe(201);
     const value = created.json?.value as string;
     secrets.add(value);
-    const memberHeaders = { ...(await api.jwtHeaders(member, org)), "content-type": "application/json" };
+    const memberHeaders: Record<string, string> = {
+      ...(await api.jwtHeaders(member, org)),
+      "content-type": "application/json",
+    };
     secrets.add(memberHeaders.authorization?.slice("Bearer ".length) as string);
     const memberKey = await request("POST", "/api/api-keys", memberHeaders, { name: "mine", permissions: [] });
     secrets.add(memberKey.json?.value as string);
