@@ -1,0 +1,31 @@
+import { pendingMigrations } from "@keyledger/event-store";
+import type { Kysely } from "kysely";
+import { UsageError } from "../command";
+import { openStore } from "../store";
+
+/** Opens the command's database and refuses, in one line, one whose schema is behind (no hash chain yet). */
+export async function openMigratedStore(
+  env: Record<string, string | undefined>,
+  maxConnections = 2,
+): Promise<Kysely<unknown>> {
+  const db = await openStore(env, maxConnections);
+  const pending = await pendingMigrations(db);
+  if (pending.length > 0) {
+    await db.destroy();
+    throw new Error(`the database has pending migrations (${pending.join(", ")}): run pnpm keyledger migrate first`);
+  }
+  return db;
+}
+
+export function requiredFlag(flags: Record<string, string>, name: string): string {
+  const value = flags[name];
+  if (value === undefined || value === "true" || value === "") throw new UsageError(`--${name} is required`);
+  return value;
+}
+
+export function positionFlag(flags: Record<string, string>, name: string): string | undefined {
+  const value = flags[name];
+  if (value === undefined) return undefined;
+  if (!/^[1-9]\d{0,18}$/.test(value)) throw new UsageError(`--${name} must be a log position (a positive integer)`);
+  return value;
+}
