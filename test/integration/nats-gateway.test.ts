@@ -232,6 +232,8 @@ describe("gateway: API keys checked at the edge, revocations over NATS", () => {
       expect(res.status).toBe(502);
       expect(await res.json()).toMatchObject({ statusCode: 502, error: "Bad Gateway" });
       const cutUrl = `http://127.0.0.1:${(cut.server.address() as AddressInfo).port}`;
+      // Without NATS it never caches, so it is ready at once.
+      expect(await (await fetch(`${cutUrl}/health/ready`)).json()).toEqual({ status: "ok", checks: { nats: "off" } });
       const unavailable = await fetch(`${cutUrl}/x`, { headers: { authorization: `Bearer ${value}` } });
       expect(unavailable.status).toBe(503);
       expect(await unavailable.json()).toMatchObject({ statusCode: 503, message: "Service temporarily unavailable" });

@@ -60,6 +60,8 @@ export interface Verifier<K extends VerifiedKey = VerifiedKey> {
   verify(bearer: string, options?: { bypassCache?: boolean }): Promise<VerifyResult<K>>;
   /** True while the invalidation subscription is live: only then is the cache used. */
   readonly subscribed: boolean;
+  /** Whether invalidations come over NATS at all ("none": no `natsUrl`, nothing is ever cached). */
+  readonly invalidation: "nats" | "none";
   /** Resolves true once subscribed (false if closed first, or at once when there is no NATS). */
   whenSubscribed(): Promise<boolean>;
   /** Applies an event directly (the API does so right after its own commits). */
@@ -162,6 +164,10 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
 
   get subscribed(): boolean {
     return this.isSubscribed;
+  }
+
+  get invalidation(): "nats" | "none" {
+    return this.link === undefined ? "none" : "nats";
   }
 
   get cacheSize(): number {
