@@ -1,4 +1,4 @@
-import type { KeyLookup, LookupResult, VerifiedKey } from "./types";
+import type { KeyLookup, LookupContext, LookupResult, VerifiedKey } from "./types";
 
 /**
  * The header the API sets on a 401 for an API key, telling a verifier why (`not_found`, `expired`, `revoked`).
@@ -26,14 +26,22 @@ function earliest(expiresAt: string | null, validUntil: string | null): string |
 
 /**
  * A lookup over HTTP: `GET <apiUrl>/api/api-keys/current` with the key as bearer and `Cache-Control: no-cache`, so
- * the API answers from its database rather than from its own verifier cache.
+ * the API answers from its database rather than from its own verifier cache, and the client's address as
+ * `X-Forwarded-For` (set `TRUST_PROXY` on the API to the gateways' addresses so its failed-auth limit is per client).
  */
 export function apiLookup(apiUrl: string, options: { timeoutMs?: number } = {}): KeyLookup {
   const url = new URL("/api/api-keys/current", apiUrl).toString();
   const timeoutMs = options.timeoutMs ?? 5_000;
-  return async (bearer) => {
+  return async (bearer: string, _keyHash: string, context: LookupContext) => {
+    const headers: Record<string, string> = {
+      authorization: `Bearer ${bearer}`,
+      "cache-control": "no-cache",
+      accept: "application/json",
+    };
+    // The API's failed-auth limit then counts the client, not the gateway, when it trusts the gateway as a proxy.
+    if (context.clientIp !== undefined) headers["x-forwarded-for"] = context.clientIp;
     const response = await fetch(url, {
-      headers: { authorization: `Bearer ${bearer}`, "cache-control": "no-cache", accept: "application/json" },
+      headers,
       signal: AbortSignal.timeout(timeoutMs),
     });
     if (response.status === 401) {

@@ -29,7 +29,11 @@ export type LookupResult<K extends VerifiedKey = VerifiedKey> =
 export type KeyLookup<K extends VerifiedKey = VerifiedKey> = (
   bearer: string,
   keyHash: string,
+  context: LookupContext,
 ) => Promise<LookupResult<K>>;
+
+/** Who asked, for the source of truth's own limits (the first caller's, when concurrent misses share a lookup). */
+export type LookupContext = { clientIp?: string };
 
 /** An event as the verifier needs it: its type and data (the NATS message body has more). */
 export type InvalidatingEvent = { eventId?: string; type: string; data: Record<string, unknown> };

@@ -52,12 +52,19 @@ export type VerifierStats = {
   flushes: number;
 };
 
+export type VerifyOptions = {
+  /** Ask the lookup even when subscribed (the API does so for gateways' misses). */
+  bypassCache?: boolean;
+  /** The client's address, passed to the lookup on a miss (gateways forward it as `X-Forwarded-For`). */
+  clientIp?: string;
+};
+
 export interface Verifier<K extends VerifiedKey = VerifiedKey> {
   /**
    * Verifies an API key. A cache hit is a SHA-256 and a map lookup. `bypassCache` asks the lookup even when
    * subscribed (the API does so for gateways' misses). Rejects only when the lookup cannot be done.
    */
-  verify(bearer: string, options?: { bypassCache?: boolean }): Promise<VerifyResult<K>>;
+  verify(bearer: string, options?: VerifyOptions): Promise<VerifyResult<K>>;
   /** True while the invalidation subscription is live: only then is the cache used. */
   readonly subscribed: boolean;
   /** Whether invalidations come over NATS at all ("none": no `natsUrl`, nothing is ever cached). */
@@ -180,13 +187,13 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     return new Promise((resolve) => this.subscribedWaiters.add(resolve));
   }
 
-  verify(bearer: string, options?: { bypassCache?: boolean }): Promise<VerifyResult<K>> {
+  verify(bearer: string, options?: VerifyOptions): Promise<VerifyResult<K>> {
     if (typeof bearer !== "string" || bearer.length === 0) return MALFORMED_PROMISE;
     if (!this.isSubscribed || options?.bypassCache) {
       if (!isWellFormedKey(bearer)) return MALFORMED_PROMISE;
       this.stats.misses += 1;
       const keyHash = sha256Hex(bearer);
-      return this.callLookup(bearer, keyHash).then((result) => {
+      return this.callLookup(bearer, keyHash, options).then((result) => {
         if (result.valid && this.reporter) this.reporter.record(keyHash);
         return result;
       });
@@ -211,12 +218,13 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
         return this.store(keyHash, { valid: false, code: "EXPIRED" }).promise;
       }
     }
-    return this.miss(bearer, keyHash);
+    return this.miss(bearer, keyHash, options);
   }
 
-  private callLookup(bearer: string, keyHash: string): Promise<VerifyResult<K>> {
+  private callLookup(bearer: string, keyHash: string, options: VerifyOptions | undefined): Promise<VerifyResult<K>> {
     this.stats.lookups += 1;
-    return this.lookup(bearer, keyHash).then((result) => {
+    const context = options?.clientIp === undefined ? {} : { clientIp: options.clientIp };
+    return this.lookup(bearer, keyHash, context).then((result) => {
       if (result.valid && result.key.expiresAt !== null && Date.parse(result.key.expiresAt) <= Date.now()) {
         return { valid: false, code: "EXPIRED" } as LookupResult<K>;
       }
@@ -224,13 +232,13 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     });
   }
 
-  private miss(bearer: string, keyHash: string): Promise<VerifyResult<K>> {
+  private miss(bearer: string, keyHash: string, options: VerifyOptions | undefined): Promise<VerifyResult<K>> {
     const pending = this.inFlight.get(keyHash);
     if (pending !== undefined) return pending.promise;
     if (!isWellFormedKey(bearer)) return MALFORMED_PROMISE;
     this.stats.misses += 1;
     const flight: Flight<K> = { promise: undefined as never, stale: false, epoch: this.epoch };
-    flight.promise = this.callLookup(bearer, keyHash).then(
+    flight.promise = this.callLookup(bearer, keyHash, options).then(
       (result) => {
         if (this.inFlight.get(keyHash) === flight) this.inFlight.delete(keyHash);
         if (!flight.stale && this.isSubscribed && flight.epoch === this.epoch) {

@@ -83,7 +83,7 @@ export async function buildGateway(options: GatewayOptions): Promise<FastifyInst
     if (bearer === undefined) return sendError(reply, request.url, 401, "Invalid credentials");
     let result: Awaited<ReturnType<Verifier["verify"]>>;
     try {
-      result = await options.verifier.verify(bearer);
+      result = await options.verifier.verify(bearer, { clientIp: request.ip });
     } catch (error) {
       request.log.warn({ err: error }, "key lookup failed");
       return sendError(reply, request.url, 503, "Service temporarily unavailable");
