@@ -110,11 +110,13 @@ export async function sealPending(
     if (batch === null) return { sealed, head: await loadChainHead(db), busy: true, heldBack: false };
     sealed += batch.count;
     if (batch.count < batchSize) {
+      // Committed events past the head were held back by an older transaction (or have just been released by
+      // it, after the batch read): either way, look again soon.
       const waiting = await sql<{ waiting: boolean }>`
         SELECT EXISTS (
           SELECT 1 FROM events
            WHERE (transaction_id, global_position) > (${batch.head.transactionId}::xid8, ${batch.head.globalPosition}::bigint)
-             AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot())) AS waiting`.execute(db);
+        ) AS waiting`.execute(db);
       return { sealed, head: batch.head, busy: false, heldBack: waiting.rows[0]?.waiting === true };
     }
   }

@@ -60,12 +60,15 @@ export function committedBefore(snapshot: string, xid: string): boolean {
   return !xip.split(",").some((running) => running !== "" && BigInt(running) === id);
 }
 
-/** Committed events past `checkpoint` wait for an older, still running transaction: look again soon. */
+/**
+ * Committed events past `checkpoint` wait for an older, still running transaction (or it has just finished,
+ * after the page was read): look again soon.
+ */
 async function heldBack(db: Kysely<unknown>, checkpoint: LogCheckpoint): Promise<boolean> {
   const result = await sql<{ waiting: boolean }>`
     SELECT EXISTS (SELECT 1 FROM events
                     WHERE (transaction_id, global_position) > (${checkpoint.transactionId}::xid8, ${checkpoint.globalPosition}::bigint)
-                      AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot())) AS waiting`.execute(db);
+                  ) AS waiting`.execute(db);
   return result.rows[0]?.waiting === true;
 }
 
