@@ -190,7 +190,9 @@ export async function rebuildStep(
   const swapThreshold = options.swapThreshold ?? batchSize;
   try {
     return await db.transaction().execute(async (trx) => {
+      // A batch lost to a crash is redone from the progress committed with it: no need to wait for the WAL flush.
       await sql`SET LOCAL statement_timeout = 0`.execute(trx);
+      await sql`SET LOCAL synchronous_commit = off`.execute(trx);
       const locked = await sql<{ locked: boolean }>`
         SELECT pg_try_advisory_xact_lock(${lockKey(projection.name)}) AS locked`.execute(trx);
       if (!locked.rows[0]?.locked) return { kind: "busy" } as const;
