@@ -1,6 +1,13 @@
 import { randomUUID } from "node:crypto";
 import { hashKeyValue, type KeyledgerEvent, keyStreamId } from "@keyledger/domain";
-import { appendToStream, LOG_START, notifyAppended, readAllAfter } from "@keyledger/event-store";
+import {
+  appendToStream,
+  LOG_START,
+  type LogCheckpoint,
+  notifyAppended,
+  readAllAfter,
+  storeCheckpoint,
+} from "@keyledger/event-store";
 import { Kysely, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -16,6 +23,25 @@ async function until(condition: () => boolean | Promise<boolean>, what: string, 
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
+}
+
+/**
+ * A new checkpoint name set at the end of the log as it is now: the relay under test publishes what is appended from
+ * here on, not the whole history other test files wrote into the run's database.
+ */
+async function checkpointAtHead(db: Kysely<unknown>): Promise<string> {
+  const name = `relay-test:${randomUUID()}`;
+  const head = await sql<{ transaction_id: string; global_position: string }>`
+    SELECT transaction_id::text, global_position::text FROM events
+     ORDER BY transaction_id DESC, global_position DESC LIMIT 1`.execute(db);
+  const row = head.rows[0];
+  if (row) await storeCheckpoint(db, name, { transactionId: row.transaction_id, globalPosition: row.global_position });
+  return name;
+}
+
+function isBefore(a: LogCheckpoint, b: LogCheckpoint): boolean {
+  const [at, bt] = [BigInt(a.transactionId), BigInt(b.transactionId)];
+  return at < bt || (at === bt && BigInt(a.globalPosition) < BigInt(b.globalPosition));
 }
 
 function keyCreated(organizationId: string, name: string): KeyledgerEvent {
@@ -86,8 +112,9 @@ describe("event relay", () => {
 
   it("publishes every event of the log in commit order, once, and a republish is a duplicate", async () => {
     const org = uniqueId("org.with dots");
+    const checkpointName = await checkpointAtHead(db);
     await appendKeys(org, 5);
-    const relay = new EventRelay({ databaseUrl: databaseUrl(), link, ...stream, pollIntervalMs: 50 });
+    const relay = new EventRelay({ databaseUrl: databaseUrl(), link, ...stream, checkpointName, pollIntervalMs: 50 });
     relay.start();
     try {
       const expected = await eventIdsInLog(org);
@@ -108,7 +135,7 @@ describe("event relay", () => {
   });
 
   it("runs one active relay per checkpoint; a standby takes over when the active one stops", async () => {
-    const checkpointName = `relay-test:${randomUUID()}`;
+    const checkpointName = await checkpointAtHead(db);
     const options = {
       databaseUrl: databaseUrl(),
       link,
@@ -202,7 +229,7 @@ describe("event relay across a NATS outage", () => {
       databaseUrl: databaseUrl(),
       link,
       ...stream,
-      checkpointName: `relay-outage:${randomUUID()}`,
+      checkpointName: await checkpointAtHead(db),
       pollIntervalMs: 50,
       retryDelayMs: 50,
       publishTimeoutMs: 1_000,
@@ -214,11 +241,23 @@ describe("event relay across a NATS outage", () => {
 
       await server.stop();
       await until(() => !link.connected, "the link to notice the outage");
-      const checkpointBefore = relay.checkpoint;
       for (const name of ["during-1", "during-2", "during-3"]) await append(name);
-      // Nothing was acknowledged, so the checkpoint has not moved past the outage's events.
-      await new Promise((resolve) => setTimeout(resolve, 200));
-      expect(relay.checkpoint).toEqual(checkpointBefore);
+      const [firstMissed] = (
+        await sql<{ transaction_id: string; global_position: string }>`
+          SELECT transaction_id::text, global_position::text FROM events
+           WHERE data->>'organizationId' = ${org} AND data->>'name' = 'during-1'`.execute(db)
+      ).rows;
+      if (!firstMissed) throw new Error("outage event not in the log");
+      // Nothing of the outage was acknowledged, so the checkpoint stays before its first event.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const checkpoint = relay.checkpoint;
+      expect(checkpoint).toBeDefined();
+      expect(
+        isBefore(checkpoint as LogCheckpoint, {
+          transactionId: firstMissed.transaction_id,
+          globalPosition: firstMissed.global_position,
+        }),
+      ).toBe(true);
 
       await server.start();
       await until(async () => (await inStream()).length >= 4, "the missed events", 30_000);
