@@ -5,7 +5,9 @@ import { appendToStream, LOG_START, readAllAfter, readStream } from "@keyledger/
 import {
   API_KEYS_PROJECTION,
   applyToReadModel,
+  foldReadModel,
   loadProjectionStatus,
+  type ReadModelState,
   rebuildProjection,
   rebuildStep,
   requestRebuild,
@@ -220,5 +222,51 @@ describe("rebuilding the api_keys projection from the log", () => {
 
     await rebuildProjection(db, API_KEYS_PROJECTION, { batchSize: 3 });
     expect(await readModelRows(db)).toEqual(live);
+  });
+
+  it("folds in memory to the same rows, and applying every event twice changes nothing", async () => {
+    const log = await sql<{ event_type: string; data: unknown }>`
+      SELECT event_type, data FROM events e ORDER BY e.global_position`.execute(db);
+    const events = log.rows.map((r) => ({ type: r.event_type, data: r.data }) as KeyledgerEvent);
+    expect(events.length).toBeGreaterThan(100);
+    const once = foldReadModel(new Map(), events);
+    const twice = foldReadModel(
+      new Map(),
+      events.flatMap((e) => [e, e]),
+    );
+    const rows = (state: ReadModelState, table: "api_keys" | "organization_members") =>
+      [...(state.get(table)?.values() ?? [])].map((row) => JSON.parse(JSON.stringify(row)));
+    expect(rows(twice, "api_keys")).toEqual(rows(once, "api_keys"));
+    expect(rows(twice, "organization_members")).toEqual(rows(once, "organization_members"));
+
+    // The memory executor and the SQL one agree with each other and with the live tables.
+    const live = await readModelRows(db);
+    const byKey = (list: unknown[], key: (row: Record<string, unknown>) => string) =>
+      [...list].map((row) => JSON.parse(JSON.stringify(row))).sort((a, b) => key(a).localeCompare(key(b)));
+    expect(byKey(rows(once, "api_keys"), (r) => String(r.key_id))).toEqual(
+      byKey(live.apiKeys, (r) => String(r.key_id)),
+    );
+    expect(byKey(rows(once, "organization_members"), (r) => `${r.organization_id}/${r.user_id}`)).toEqual(
+      byKey(live.members, (r) => `${r.organization_id}/${r.user_id}`),
+    );
+
+    // In SQL too: each event applied again right after itself, into a rebuild's shadow tables.
+    await requestRebuild(db, API_KEYS_PROJECTION);
+    await db.transaction().execute(async (trx) => {
+      await sql`SELECT set_config('search_path', 'projection_rebuild, public', true)`.execute(trx);
+      for (let i = 0; i < events.length; i += 200) {
+        await API_KEYS_PROJECTION.apply(
+          trx,
+          events.slice(i, i + 200).flatMap((e) => [e, e]),
+        );
+      }
+      const shadowKeys = await sql`SELECT * FROM api_keys ORDER BY key_id`.execute(trx);
+      expect(shadowKeys.rows).toEqual(live.apiKeys);
+      const shadowMembers = await sql`SELECT * FROM organization_members ORDER BY organization_id, user_id`.execute(
+        trx,
+      );
+      expect(shadowMembers.rows).toEqual(live.members);
+    });
+    await rebuildProjection(db, API_KEYS_PROJECTION);
   });
 });
