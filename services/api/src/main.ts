@@ -50,9 +50,14 @@ async function main() {
     notifications,
   });
   onListenError = (error) => app.log.warn({ err: error }, "LISTEN connection lost; polling until it is back");
-  // The projector (hash chain, rebuilds) runs here too unless PROJECTOR_IN_API=false (then run start:projector).
+  // The projector (hash chain, rebuilds) runs here too unless PROJECTOR_IN_API=false (then run start:projector),
+  // on a small pool of its own: a rebuild's swap may outlast the request timeouts, and must not take requests' slots.
+  const projectorDb =
+    config.projectorInApi && config.databaseUrl
+      ? createPostgresDatabase({ connectionString: config.databaseUrl, maxConnections: 3, statementTimeoutMs: 600_000 })
+      : db;
   const projector = config.projectorInApi
-    ? new Projector({ db, notifications, log: app.log.child({ component: "projector" }) })
+    ? new Projector({ db: projectorDb, notifications, log: app.log.child({ component: "projector" }) })
     : undefined;
   if (!config.databaseUrl) {
     app.log.warn(
@@ -94,6 +99,7 @@ async function main() {
       await projector?.stop();
       await app.close();
       await notifications?.close();
+      if (projectorDb !== db) await projectorDb.destroy();
       await db.destroy();
     },
   );

@@ -1,14 +1,20 @@
+import { createPostgresDatabase } from "@keyledger/api";
 import { pendingMigrations } from "@keyledger/event-store";
 import type { Kysely } from "kysely";
 import { UsageError } from "../command";
 import { openStore } from "../store";
 
-/** Opens the command's database and refuses, in one line, one whose schema is behind (no hash chain yet). */
+/**
+ * Opens the command's database (as `openStore`, but Postgres without the API's request timeouts: a rebuild or a
+ * verification of a large log runs for minutes) and refuses, in one line, one whose schema is behind.
+ */
 export async function openMigratedStore(
   env: Record<string, string | undefined>,
   maxConnections = 2,
 ): Promise<Kysely<unknown>> {
-  const db = await openStore(env, maxConnections);
+  const db = env.DATABASE_URL
+    ? createPostgresDatabase({ connectionString: env.DATABASE_URL, maxConnections, statementTimeoutMs: 86_400_000 })
+    : await openStore(env, maxConnections);
   const pending = await pendingMigrations(db);
   if (pending.length > 0) {
     await db.destroy();
