@@ -58,6 +58,7 @@ export class Projector {
   private running: Promise<void> | undefined;
   private unsubscribe: (() => void) | undefined;
   private failures = 0;
+  private markedCurrentAt = 0;
 
   constructor(private readonly options: ProjectorOptions) {
     this.log = options.log ?? silent;
@@ -92,10 +93,17 @@ export class Projector {
       pass.sealed = sealing.sealed;
       pass.heldBack = sealing.heldBack;
     }
+    // Inline projections' checkpoints move when this process sealed something (the log grew), or once per poll
+    // interval: several projectors need not all update the same rows after every commit.
+    const markCurrent =
+      pass.sealed > 0 || performance.now() - this.markedCurrentAt >= (this.options.pollIntervalMs ?? 1000);
     for (const projection of this.options.projections ?? PROJECTIONS) {
       const status = await loadProjectionStatus(this.options.db, projection.name);
       if (status?.status !== "rebuilding") {
-        if (projection.inline) await markProjectionCurrent(this.options.db, projection.name);
+        if (projection.inline && markCurrent) {
+          await markProjectionCurrent(this.options.db, projection.name);
+          this.markedCurrentAt = performance.now();
+        }
         continue;
       }
       const started = performance.now();
