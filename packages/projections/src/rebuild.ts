@@ -110,11 +110,7 @@ const PROJECTED_TYPES: ReadonlySet<string> = new Set(EVENT_TYPES);
  * (transaction id, position) order does not: a command that took its transaction id early (a row lock) can commit
  * a stream's version n+1 with a lower transaction id than version n.
  */
-async function readTierPage(
-  trx: Kysely<unknown>,
-  tier: { snapshot: string; previous: string | null; position: string },
-  limit: number,
-): Promise<TierRow[]> {
+async function readTierPage(trx: Kysely<unknown>, tier: Tier, limit: number): Promise<TierRow[]> {
   const newer =
     tier.previous === null
       ? sql``
@@ -158,8 +154,13 @@ async function applyToShadow(
   }
 }
 
+type Tier = { snapshot: string; previous: string | null; position: string };
+
+/** A page read ahead of its batch (a tier's pages never change: they are defined by fixed snapshots). */
+export type PrefetchedPage = Promise<{ tier: Tier; rows: TierRow[] } | undefined>;
+
 export type RebuildStepResult =
-  | { kind: "applied"; events: number }
+  | { kind: "applied"; events: number; next?: PrefetchedPage }
   | { kind: "next-tier" }
   | { kind: "swapped"; events: number; eventsApplied: number }
   | { kind: "busy" }
@@ -174,6 +175,9 @@ export type RebuildOptions = {
   lockTimeoutMs?: number;
 };
 
+const sameTier = (a: Tier, b: Tier) =>
+  a.snapshot === b.snapshot && a.previous === b.previous && a.position === b.position;
+
 /**
  * One transaction of a rebuild: applies the next page of the current tier to the shadow tables and stores the
  * progress with it; when the tier is done, starts the next tier, or — if little is left — swaps: locks the live
@@ -184,7 +188,7 @@ export type RebuildOptions = {
 export async function rebuildStep(
   db: Kysely<unknown>,
   projection: ProjectionDefinition,
-  options: RebuildOptions = {},
+  options: RebuildOptions & { prefetched?: PrefetchedPage } = {},
 ): Promise<RebuildStepResult> {
   const batchSize = options.batchSize ?? 5000;
   const swapThreshold = options.swapThreshold ?? batchSize;
@@ -203,15 +207,25 @@ export async function rebuildStep(
       const schema = await liveSchema(trx);
       const tier = { snapshot: row.snapshot, previous: row.previous_snapshot, position: String(row.position) };
 
-      const page = await readTierPage(trx, tier, batchSize);
+      const ahead = await options.prefetched?.catch(() => undefined);
+      const page = ahead && sameTier(ahead.tier, tier) ? ahead.rows : await readTierPage(trx, tier, batchSize);
       if (page.length > 0) {
+        // Read the next page on another connection while this one is applied (reading is a third of the work).
+        const nextTier = { ...tier, position: (page[page.length - 1] as TierRow).global_position };
+        const next: PrefetchedPage | undefined =
+          page.length === batchSize
+            ? readTierPage(db, nextTier, batchSize).then(
+                (rows) => ({ tier: nextTier, rows }),
+                () => undefined,
+              )
+            : undefined;
         await applyToShadow(trx, projection, schema, projected(page));
         await sql`
           UPDATE projection_state
              SET position = ${(page[page.length - 1] as TierRow).global_position}::bigint,
                  events_applied = events_applied + ${page.length}, updated_at = now()
            WHERE name = ${projection.name}`.execute(trx);
-        return { kind: "applied", events: page.length } as const;
+        return { kind: "applied", events: page.length, next } as const;
       }
 
       const now = await currentSnapshot(trx);
@@ -239,7 +253,7 @@ async function swap(
   trx: Kysely<unknown>,
   projection: ProjectionDefinition,
   schema: string,
-  tier: { snapshot: string; previous: string | null; position: string },
+  tier: Tier,
   eventsBefore: number,
   batchSize: number,
   lockTimeoutMs: number,
@@ -301,8 +315,10 @@ export async function continueRebuild(
   options: RebuildOptions & { onProgress?: (eventsApplied: number) => void } = {},
 ): Promise<{ eventsApplied: number }> {
   let applied = 0;
+  let prefetched: PrefetchedPage | undefined;
   for (;;) {
-    const step = await rebuildStep(db, projection, options);
+    const step = await rebuildStep(db, projection, { ...options, prefetched });
+    prefetched = step.kind === "applied" ? step.next : undefined;
     switch (step.kind) {
       case "applied":
         applied += step.events;
