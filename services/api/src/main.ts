@@ -6,7 +6,6 @@ import { buildApp, LOG_REDACTIONS } from "./app";
 import { ConfigError, parseApiConfig } from "./config";
 import { createPostgresDatabase } from "./database";
 import { loadDevIssuer } from "./dev-issuer";
-import { EmbeddedDatabaseBusy, openEmbeddedDatabase } from "./embedded-database";
 
 /** The only place that reads the environment. */
 async function main() {
@@ -22,7 +21,8 @@ async function main() {
   }
   const db = config.databaseUrl
     ? createPostgresDatabase({ connectionString: config.databaseUrl })
-    : await openEmbeddedDatabase({ dataDir: config.dataDir });
+    : // Loaded only when used: PGlite's WebAssembly adds about 35 MB to the resident memory of every API process.
+      await (await import("./embedded-database")).openEmbeddedDatabase({ dataDir: config.dataDir });
   await runMigrations(db);
   // LISTEN needs a connection of its own: Postgres only (the embedded database polls).
   let onListenError = (_error: Error) => {};
@@ -108,7 +108,7 @@ async function main() {
 }
 
 main().catch((error) => {
-  if (error instanceof EmbeddedDatabaseBusy) {
+  if (error instanceof Error && error.name === "EmbeddedDatabaseBusy") {
     process.stderr.write(
       `keyledger: failed to start: ${error.message} (is another \`pnpm start\` running? stop it, or set DATABASE_URL)\n`,
     );
