@@ -2,7 +2,7 @@
  * Summarises a V8 `.cpuprofile` (from `node --cpu-prof`, e.g. `pnpm bench --profile`): the functions with the most
  * self time, and self time per package, as shares of the busy (non-idle) time after the first `--skip` seconds
  * (start-up: module loading). Usage:
- *   node --import tsx bench/profile-summary.ts <file> [--top 25] [--skip 5] [--callers <function name>]
+ *   node --import tsx bench/profile-summary.ts <file> [--top 25] [--skip 5] [--callers <function name>] [--inclusive]
  */
 import { readFileSync } from "node:fs";
 
@@ -13,6 +13,7 @@ type ProfileNode = {
 };
 type Profile = { nodes: ProfileNode[]; samples: number[]; timeDeltas: number[]; startTime: number; endTime: number };
 
+process.stdout.on("error", () => process.exit(0)); // piped into head
 const argv = process.argv.slice(2);
 const option = (name: string): string | undefined => {
   const i = argv.indexOf(`--${name}`);
@@ -85,6 +86,28 @@ for (const [key, micros] of [...byFunction].sort((a, b) => b[1] - a[1]).slice(0,
 process.stdout.write("\nSelf time by package:\n");
 for (const [key, micros] of [...byPlace].sort((a, b) => b[1] - a[1]).slice(0, top)) {
   process.stdout.write(`${pct(micros)} ${ms(micros)}  ${key}\n`);
+}
+
+// With --inclusive, total (self + callees) time per function of the application and its packages.
+if (argv.includes("--inclusive")) {
+  const parent = new Map<number, number>();
+  for (const node of profile.nodes) for (const child of node.children ?? []) parent.set(child, node.id);
+  const inclusive = new Map<string, number>();
+  for (const [id, micros] of selfMicros) {
+    const seen = new Set<string>();
+    for (let p: number | undefined = id; p !== undefined; p = parent.get(p)) {
+      const frame = byId.get(p)?.callFrame;
+      if (!frame || frame.url === "" || frame.url.startsWith("node:")) continue;
+      const key = `${frame.functionName || "(anonymous)"}  ${place(frame.url)}:${frame.lineNumber + 1}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      inclusive.set(key, (inclusive.get(key) ?? 0) + micros);
+    }
+  }
+  process.stdout.write("\nInclusive time by function (application and packages):\n");
+  for (const [key, micros] of [...inclusive].sort((a, b) => b[1] - a[1]).slice(0, top)) {
+    process.stdout.write(`${pct(micros)} ${ms(micros)}  ${key}\n`);
+  }
 }
 
 // With --callers, where the time of that function comes from: its callers' stacks, heaviest first.

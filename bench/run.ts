@@ -23,9 +23,11 @@ import type { BenchContext, Scenario } from "./lib/scenario";
 import { coldVerifyScenario } from "./scenarios/cold-verify";
 import { createKeyScenario } from "./scenarios/create-key";
 import { currentKeyScenario } from "./scenarios/current-key";
+import { gatewayScenario } from "./scenarios/gateway";
 import { listKeysScenario } from "./scenarios/list-keys";
 import { memoryScenario } from "./scenarios/memory";
-import { verifyCeilingScenario } from "./scenarios/verify-ceiling";
+import { rebuildScenario } from "./scenarios/rebuild";
+import { verifyInProcessScenario } from "./scenarios/verify-in-process";
 
 const SCENARIOS: Scenario[] = [
   currentKeyScenario,
@@ -33,7 +35,9 @@ const SCENARIOS: Scenario[] = [
   listKeysScenario,
   coldVerifyScenario,
   memoryScenario,
-  verifyCeilingScenario,
+  verifyInProcessScenario,
+  gatewayScenario,
+  rebuildScenario,
 ];
 
 type Args = { quick: boolean; only: string[] | undefined; profile: boolean; write: boolean };

@@ -97,12 +97,12 @@ export function percentile(values: readonly number[], p: number): number {
  * Measures a baseline and a target in alternating rounds (B, T, B, T, ...) so that load from other processes on
  * the machine hits both alike, and returns the median of each. Every round is checked with `assertOk`.
  */
-export async function alternate<R>(
+export async function alternate<B, T>(
   rounds: number,
-  baseline: () => Promise<R>,
-  target: () => Promise<R>,
-): Promise<{ baseline: R[]; target: R[] }> {
-  const out = { baseline: [] as R[], target: [] as R[] };
+  baseline: () => Promise<B>,
+  target: () => Promise<T>,
+): Promise<{ baseline: B[]; target: T[] }> {
+  const out = { baseline: [] as B[], target: [] as T[] };
   for (let i = 0; i < rounds; i++) {
     out.baseline.push(await baseline());
     out.target.push(await target());
@@ -111,11 +111,22 @@ export async function alternate<R>(
 }
 
 /** Throws when a run had errors or unexpected statuses: a figure from failed requests means nothing. */
-export function assertClean(label: string, result: LoadResult, allowedNon2xx = 0): LoadResult {
+export function assertClean<R extends LoadResult>(label: string, result: R, allowedNon2xx = 0): R {
   if (result.errors > 0 || result.timeouts > 0 || result.non2xx > allowedNon2xx || result.ok === 0) {
     throw new Error(
       `${label}: ${result.ok} ok, ${result.non2xx} non-2xx, ${result.errors} errors, ${result.timeouts} timeouts`,
     );
   }
   return result;
+}
+
+/** A load run plus the CPU time the server process spent on it, per 2xx response (µs). */
+export async function withCpu<R extends LoadResult>(
+  server: { cpuMs(): Promise<number> },
+  run: () => Promise<R>,
+): Promise<R & { cpuMicrosPerRequest: number }> {
+  const before = await server.cpuMs();
+  const result = await run();
+  const after = await server.cpuMs();
+  return { ...result, cpuMicrosPerRequest: ((after - before) * 1000) / Math.max(1, result.ok) };
 }

@@ -3,6 +3,9 @@ import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 
+/** `getconf CLK_TCK` on Linux. */
+const CLOCK_TICKS_PER_SECOND = 100;
+
 export const REPO_ROOT = new URL("../../", import.meta.url).pathname;
 
 /** A free TCP port on loopback (bound and released; good enough for a child that binds it right away). */
@@ -23,6 +26,8 @@ export type ChildService = {
   pid: number;
   /** Resident set size of the child, in bytes (from /proc). */
   rss(): Promise<number>;
+  /** CPU time (user + system) the child has used so far, in milliseconds (from /proc, 10 ms resolution). */
+  cpuMs(): Promise<number>;
   /** The last lines the child wrote (stdout and stderr), for error messages. */
   output(): string;
   /** SIGTERM, then SIGKILL after `graceMs`; resolves once the child has exited. */
@@ -73,6 +78,12 @@ export function spawnTs(options: SpawnOptions): ChildService {
       const match = /VmRSS:\s+(\d+)\s+kB/.exec(status);
       if (!match?.[1]) throw new Error(`no VmRSS for ${options.name}`);
       return Number(match[1]) * 1024;
+    },
+    async cpuMs() {
+      const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+      // Fields after the parenthesised command name: state is field 3, utime 14, stime 15 (clock ticks).
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_SECOND;
     },
     async stop(graceMs = 10_000) {
       if (child.exitCode !== null || child.signalCode !== null) return;

@@ -14,14 +14,17 @@ export const coldVerifyScenario: Scenario = {
   id: "cold-verify",
   title: "cold verify (cache miss) with 1,000,000 keys in the table, p99",
   async run(context) {
-    const keys = size(context, 1_000_000, 50_000);
-    const samples = size(context, 3_000, 300);
+    const keys = size(context, 1_000_000, 30_000);
+    const samples = size(context, 3_000, 150);
     // One miss at a time: the latency of a miss, not of a queue of them (misses are rare next to hits).
     const connections = 1;
     let sampleValues: string[] = [];
     let seedSeconds = 0;
     const env = await startBenchEnvironment(context, "cold", {
       nodeFlags: profileFlags(context, "cold-verify"),
+      // The seeded history counts as old: the relay's checkpoint is moved past it, and the projector (which would
+      // spend the measurement hash-chaining a million events) runs elsewhere, as PROJECTOR_IN_API=false allows.
+      env: { PROJECTOR_IN_API: "false" },
       seed: async (database) => {
         const began = Date.now();
         ({ sampleValues } = await seedKeys(database.db, {
@@ -72,7 +75,7 @@ export const coldVerifyScenario: Scenario = {
           unit: "ms",
           goal: "≤ 5 ms",
           pass: result.latencyMs.p99 <= 5,
-          boundBy: "",
+          boundBy: "Postgres index lookup plus the first use's KeyUsed transaction competing for the same CPU",
           details: {
             keysInTable: keys,
             distinctKeysPresented: measured.length,

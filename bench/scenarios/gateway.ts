@@ -1,0 +1,251 @@
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { Agent, request } from "node:http";
+import { setTimeout as sleep } from "node:timers/promises";
+import pg from "pg";
+import { startBenchEnvironment } from "../lib/environment";
+import { type GatewayProcess, startGatewayProcess } from "../lib/gateway";
+import { alternate, assertClean, load, median, percentile, withCpu } from "../lib/load";
+import { REPO_ROOT } from "../lib/processes";
+import type { Figure } from "../lib/report";
+import { type Scenario, size } from "../lib/scenario";
+import { startBoth, startHelloWorld, THROUGHPUT_CONNECTIONS } from "./current-key";
+
+const ORG = "org-gateway";
+const OWNER = "owner";
+
+/** One GET through a keep-alive agent; resolves with the status and when the response arrived. */
+function probe(agent: Agent, url: string, key: string): Promise<{ status: number; sentAt: number; at: number }> {
+  return new Promise((resolve, reject) => {
+    const sentAt = performance.now();
+    const req = request(url, { agent, headers: { authorization: `Bearer ${key}` } }, (res) => {
+      res.resume();
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, sentAt, at: performance.now() }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+/** Probes `url` back to back until it answers 401; returns when the first 401 arrived (and when it was sent). */
+async function untilRejected(agent: Agent, url: string, key: string, deadline: number) {
+  for (;;) {
+    const result = await probe(agent, url, key);
+    if (result.status === 401) return result;
+    if (result.status !== 200) throw new Error(`probe answered ${result.status}`);
+    if (performance.now() > deadline) throw new Error("key still accepted 5 s after its revocation");
+  }
+}
+
+/**
+ * Through `services/gateway` (2 replicas, upstream = the hello-world server):
+ * - verify throughput: req/s through one gateway with a cached key ÷ hello-world req/s direct;
+ * - revocation propagation: with background verify load on both gateways, a key is revoked through the API
+ *   (DELETE) while each gateway is probed back to back with it; the time from the revoke's commit (the
+ *   `pg_notify` the appending transaction sends, received by a LISTEN in this process) to each gateway's first 401.
+ */
+export const gatewayScenario: Scenario = {
+  id: "gateway",
+  title: "gateway verify throughput vs hello-world; revocation propagation to 2 gateways under load",
+  async unavailable() {
+    return existsSync(`${REPO_ROOT}/services/gateway/src/main.ts`) ? null : "services/gateway has not landed";
+  },
+  async run(context) {
+    const [hello, env] = await startBoth(
+      startHelloWorld(),
+      // KeyUsed throttled to a day: after each key's first use no other transaction notifies, so the first
+      // notification after a DELETE is the revoke's commit.
+      startBenchEnvironment(context, "gateway", { env: { KEY_USED_THROTTLE_MS: "86400000" } }),
+      (h) => h.service.stop(),
+      (e) => e.close(),
+    );
+    const helloBase = hello.url.replace(/\/hello$/, "");
+    const gateways: GatewayProcess[] = [];
+    let background: ReturnType<typeof spawn> | undefined;
+    const listener = new pg.Client({ connectionString: env.database.url });
+    try {
+      const nats = env.nats as NonNullable<typeof env.nats>;
+      const started = await Promise.allSettled(
+        ["gateway-a", "gateway-b"].map((name) =>
+          startGatewayProcess({
+            name,
+            upstreamUrl: helloBase,
+            apiUrl: env.api.baseUrl,
+            natsUrl: nats.url,
+            subjectPrefix: nats.subjectPrefix,
+          }),
+        ),
+      );
+      for (const result of started) if (result.status === "fulfilled") gateways.push(result.value);
+      for (const result of started) if (result.status === "rejected") throw result.reason;
+      const gatewayA = gateways[0] as GatewayProcess;
+      await env.client.setMember(ORG, OWNER, "owner");
+      const jwt = await env.client.jwtHeaders(OWNER, ORG);
+
+      // Throughput: one cached key through gateway A vs hello-world direct.
+      const cached = await env.client.createKey(jwt, "throughput");
+      const viaGateway = {
+        url: `${gatewayA.baseUrl}/hello`,
+        headers: { authorization: `Bearer ${cached}` },
+        connections: THROUGHPUT_CONNECTIONS,
+      };
+      const seconds = size(context, 5, 1.5);
+      context.log("throughput warm-up");
+      await load({ ...viaGateway, duration: size(context, 3, 1) });
+      await load({ url: hello.url, connections: THROUGHPUT_CONNECTIONS, duration: 1 });
+      const rounds = await alternate(
+        size(context, 3, 2),
+        async () =>
+          assertClean(
+            "hello-world",
+            await withCpu(hello.service, () =>
+              load({ url: hello.url, connections: THROUGHPUT_CONNECTIONS, duration: seconds }),
+            ),
+          ),
+        async () =>
+          assertClean("gateway", await withCpu(gatewayA.service, () => load({ ...viaGateway, duration: seconds }))),
+      );
+      const helloRate = median(rounds.baseline.map((r) => r.okPerSecond));
+      const gatewayRate = median(rounds.target.map((r) => r.okPerSecond));
+      context.log(`hello-world ${helloRate.toFixed(0)} req/s, via gateway ${gatewayRate.toFixed(0)} req/s`);
+
+      // Revocation under background load.
+      const backgroundKeys: string[] = [];
+      for (let i = 0; i < 20; i++) backgroundKeys.push(await env.client.createKey(jwt, `background-${i}`));
+      const rate = size(context, 500, 300);
+      background = spawn(process.execPath, ["--import", "tsx", "bench/micro/background-load.ts"], {
+        cwd: REPO_ROOT,
+        env: {
+          ...process.env,
+          BENCH_TARGETS: JSON.stringify(gateways.map((g) => ({ url: `${g.baseUrl}/hello`, keys: backgroundKeys }))),
+          BENCH_RATE: String(rate),
+        },
+        stdio: ["ignore", "pipe", "inherit"],
+      });
+      let backgroundOutput = "";
+      background.stdout?.on("data", (chunk: Buffer) => {
+        backgroundOutput += chunk.toString();
+      });
+      await listener.connect();
+      await listener.query("LISTEN keyledger_events");
+      let notifiedAt: number | undefined;
+      listener.on("notification", () => {
+        notifiedAt ??= performance.now();
+      });
+      await sleep(size(context, 3000, 1000)); // background keys' first uses (and their KeyUsed) happen now
+      const agents = gateways.map(() => new Agent({ keepAlive: true, maxSockets: 1 }));
+      const samples: number[] = [];
+      const bounds: number[] = [];
+      const iterations = size(context, 100, 5);
+      context.log(`revocation: ${iterations} keys, background ${rate} req/s per gateway`);
+      for (let i = 0; i < iterations; i++) {
+        const name = `revoked-${i}`;
+        const key = await env.client.createKey(jwt, name);
+        for (const [g, gateway] of gateways.entries()) {
+          for (let k = 0; k < 2; k++) {
+            const first = await probe(agents[g] as Agent, `${gateway.baseUrl}/hello`, key);
+            if (first.status !== 200) throw new Error(`new key answered ${first.status} at ${gateway.service.name}`);
+          }
+        }
+        // The key's first use (the gateways' misses asked the API) is recorded as KeyUsed before the revoke; later
+        // uses are throttled for a day, so no other commit notifies in the window.
+        await sleep(300);
+        notifiedAt = undefined;
+        const deadline = performance.now() + 5000;
+        const probes = gateways.map((gateway, g) =>
+          untilRejected(agents[g] as Agent, `${gateway.baseUrl}/hello`, key, deadline),
+        );
+        const revokeSentAt = performance.now();
+        await env.client.revokeKey(jwt, name);
+        const rejections = await Promise.all(probes);
+        const committedAt = notifiedAt as number | undefined;
+        if (committedAt === undefined || committedAt < revokeSentAt) throw new Error("no commit notification");
+        for (const rejection of rejections) {
+          samples.push(rejection.at - committedAt);
+          // The request that got the first 401 was sent after the rejection became possible or before: this is
+          // the other bound (negative when it left before the commit was seen here).
+          bounds.push(rejection.sentAt - committedAt);
+        }
+      }
+      for (const agent of agents) agent.destroy();
+      background.kill("SIGTERM");
+      await new Promise((resolve) => background?.once("exit", resolve));
+      background = undefined;
+      const backgroundResults = backgroundOutput.trim()
+        ? (JSON.parse(backgroundOutput.trim().split("\n").pop() as string) as { ok: number; non2xx: number }[])
+        : [];
+      const p50 = percentile(samples, 50);
+      const p99 = percentile(samples, 99);
+      const max = percentile(samples, 100);
+      context.log(`propagation samples (ms): ${samples.map((s) => s.toFixed(1)).join(" ")}`);
+      context.log(`propagation p50 ${p50.toFixed(2)} ms, p99 ${p99.toFixed(2)} ms, max ${max.toFixed(2)} ms`);
+      const details = {
+        samples: samples.length,
+        gateways: gateways.length,
+        backgroundRatePerGateway: rate,
+        backgroundOk: backgroundResults.map((r) => r.ok).join(" "),
+        backgroundNon2xx: backgroundResults.map((r) => r.non2xx).join(" "),
+        lowerBoundP50Ms: percentile(bounds, 50),
+        lowerBoundP99Ms: percentile(bounds, 99),
+      };
+      const gatewayRatio = gatewayRate / helloRate;
+      const figures: Figure[] = [
+        {
+          id: "gateway-throughput",
+          label: "verify through the gateway (cached key → hello-world upstream), req/s",
+          value: gatewayRate,
+          unit: "req/s",
+          baseline: { label: "hello-world", value: helloRate, unit: "req/s" },
+          ratio: gatewayRatio,
+          goal: "≥ 0.8×",
+          pass: gatewayRatio >= 0.8,
+          boundBy: "CPU: two HTTP hops (client → gateway → upstream) share the 2 cores with the load generator",
+          details: {
+            connections: THROUGHPUT_CONNECTIONS,
+            helloCpuMicrosPerRequest: median(rounds.baseline.map((r) => r.cpuMicrosPerRequest)),
+            gatewayCpuMicrosPerRequest: median(rounds.target.map((r) => r.cpuMicrosPerRequest)),
+            helloRounds: rounds.baseline.map((r) => Math.round(r.okPerSecond)).join(" "),
+            gatewayRounds: rounds.target.map((r) => Math.round(r.okPerSecond)).join(" "),
+          },
+        },
+        {
+          id: "revocation-p50",
+          label: "revocation commit → rejected at each of 2 gateways, p50",
+          value: p50,
+          unit: "ms",
+          goal: "≤ 1 ms",
+          pass: p50 <= 1,
+          boundBy: "scheduling: API → NATS → gateway, then the probe's next request, among 6 busy processes on 2 cores",
+          details,
+        },
+        {
+          id: "revocation-p99",
+          label: "revocation commit → rejected, p99",
+          value: p99,
+          unit: "ms",
+          goal: "≤ 10 ms",
+          pass: p99 <= 10,
+          boundBy: "the same path when a process waits for a core",
+          details,
+        },
+        {
+          id: "revocation-max",
+          label: "revocation commit → rejected, max",
+          value: max,
+          unit: "ms",
+          goal: "–",
+          pass: null,
+          boundBy: "as p99",
+          details,
+        },
+      ];
+      return figures;
+    } finally {
+      background?.kill("SIGKILL");
+      await listener.end().catch(() => {});
+      for (const gateway of gateways) await gateway.stop();
+      await env.close();
+      await hello.service.stop();
+    }
+  },
+};
