@@ -120,8 +120,15 @@ export function describeEventStore(label: string, open: () => Promise<Kysely<unk
       await append(db, a, 1, [event("Noted", { i: 2 }), event("Noted", { i: 3 })]);
       const checkpoint = checkpointOf(start as RecordedEvent);
 
-      const after = await readAllAfter(db, checkpoint, 10_000);
-      const mine = after.filter((e) => e.streamId === a || e.streamId === b);
+      // Committed events become readable once every older transaction on the server has ended (other suites'
+      // transactions included): wait for that, rather than assume the server is otherwise idle.
+      let after: RecordedEvent[] = [];
+      let mine: RecordedEvent[] = [];
+      for (const deadline = Date.now() + 30_000; mine.length < 3 && Date.now() < deadline; ) {
+        after = await readAllAfter(db, checkpoint, 10_000);
+        mine = after.filter((e) => e.streamId === a || e.streamId === b);
+        if (mine.length < 3) await new Promise((resolve) => setTimeout(resolve, 20));
+      }
       expect(mine.map((e) => e.data)).toEqual([{ i: 1 }, { i: 2 }, { i: 3 }]);
       expect(after.every((e) => isAfter(e, checkpoint))).toBe(true);
       const order = after.map((e) => [BigInt(e.transactionId), BigInt(e.globalPosition)] as const);
