@@ -122,6 +122,12 @@ function updateBenchmarksMd(results: RunResults, resultsFile: string) {
     TABLE_END,
   ].join("\n");
   writeFileSync(path, text.slice(0, start) + section + text.slice(end + TABLE_END.length));
+  // Biome formats Markdown tables (column padding); keep `pnpm check` clean.
+  try {
+    execFileSync(join(REPO_ROOT, "node_modules", ".bin", "biome"), ["format", "--write", path], { stdio: "ignore" });
+  } catch {
+    // formatting is cosmetic
+  }
 }
 
 async function main() {

@@ -9,7 +9,7 @@ import { alternate, assertClean, load, median, percentile, withCpu } from "../li
 import { REPO_ROOT } from "../lib/processes";
 import type { Figure } from "../lib/report";
 import { type Scenario, size } from "../lib/scenario";
-import { startBoth, startHelloWorld, THROUGHPUT_CONNECTIONS } from "./current-key";
+import { profileFlags, startBoth, startHelloWorld, THROUGHPUT_CONNECTIONS } from "./current-key";
 
 const ORG = "org-gateway";
 const OWNER = "owner";
@@ -73,6 +73,7 @@ export const gatewayScenario: Scenario = {
             apiUrl: env.api.baseUrl,
             natsUrl: nats.url,
             subjectPrefix: nats.subjectPrefix,
+            nodeFlags: profileFlags(context, name),
           }),
         ),
       );

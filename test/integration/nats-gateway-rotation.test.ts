@@ -1,0 +1,159 @@
+import { randomBytes } from "node:crypto";
+import type { AddressInfo } from "node:net";
+import { buildGateway } from "@keyledger/gateway";
+import { createVerifier, type Verifier } from "@keyledger/verifier";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import Fastify, { type FastifyInstance } from "fastify";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
+import { testEventStream } from "../support/nats";
+
+async function until(probe: () => Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await probe())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/**
+ * Issue 4 at the edge: a gateway honours rotation grace periods without polling, and membership changes that
+ * arrive over NATS from the organizations service reach it as revocations.
+ */
+describe("gateway: rotation grace and membership changes over NATS", () => {
+  const stream = testEventStream();
+  const membership = {
+    subjectPrefix: `kltest_orgs_${randomBytes(4).toString("hex")}`,
+    streamName: `KLTEST_ORGS_${randomBytes(4).toString("hex")}`,
+    durableName: "keyledger-membership",
+  };
+  let api: RunningApi;
+  let upstream: FastifyInstance;
+  let verifier: Verifier;
+  let gateway: FastifyInstance;
+  let gatewayUrl: string;
+  let nc: NatsConnection;
+
+  beforeAll(async () => {
+    api = await startApi({
+      nats: {
+        url: stream.natsUrl,
+        streamName: stream.streamName,
+        subjectPrefix: stream.subjectPrefix,
+        relay: { databaseUrl: inject("databaseUrl") },
+        membership,
+      },
+    });
+    upstream = Fastify();
+    upstream.all("/*", async () => ({ ok: true }));
+    await upstream.listen({ port: 0, host: "127.0.0.1" });
+    verifier = createVerifier({
+      apiUrl: api.baseUrl,
+      natsUrl: stream.natsUrl,
+      subjectPrefix: stream.subjectPrefix,
+      // Far longer than the test: only events and the grace deadline may make the gateway forget a key.
+      cache: { maxEntries: 1000, ttlMs: 600_000 },
+    });
+    gateway = await buildGateway({
+      upstreamUrl: `http://127.0.0.1:${(upstream.server.address() as AddressInfo).port}`,
+      verifier,
+      logger: false,
+    });
+    await gateway.listen({ port: 0, host: "127.0.0.1" });
+    gatewayUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
+    await until(async () => (await fetch(`${gatewayUrl}/health/ready`)).status === 200, "gateway ready");
+    nc = await connect({ servers: stream.natsUrl });
+    // The API starts its membership consumer once connected: wait until the durable consumer exists.
+    const jsm = await jetstreamManager(nc);
+    await until(
+      () =>
+        jsm.consumers.info(membership.streamName, membership.durableName).then(
+          () => true,
+          () => false,
+        ),
+      "membership consumer",
+    );
+  });
+  afterAll(async () => {
+    await gateway?.close();
+    await verifier?.close();
+    await upstream?.close();
+    await api?.close();
+    if (nc) {
+      await (await jetstreamManager(nc)).streams.delete(membership.streamName).catch(() => {});
+      await nc.close();
+    }
+    await stream.cleanup();
+  });
+
+  const viaGateway = (value: string) =>
+    fetch(`${gatewayUrl}/work`, { headers: { authorization: `Bearer ${value}` } }).then((r) => r.status);
+
+  async function owner(permissions: string[] = ["write:sandboxes"]) {
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    await api.setMember(org, user, "owner");
+    const headers = { ...(await api.jwtHeaders(user, org)), "content-type": "application/json" };
+    const create = async (name: string, keyPermissions = permissions) => {
+      const res = await fetch(`${api.baseUrl}/api/api-keys`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify({ name, permissions: keyPermissions }),
+      });
+      expect(res.status).toBe(201);
+      return ((await res.json()) as { value: string }).value;
+    };
+    const rotate = async (name: string, body: unknown) => {
+      const res = await fetch(`${api.baseUrl}/api/api-keys/${name}/rotate`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify(body),
+      });
+      expect(res.status).toBe(201);
+      return ((await res.json()) as { value: string }).value;
+    };
+    return { org, user, create, rotate };
+  }
+
+  it("the old value works at the gateway during the grace period and is rejected when it ends", async () => {
+    const { create, rotate } = await owner();
+    const old = await create("rolling");
+    expect(await viaGateway(old)).toBe(200); // now cached at the gateway
+    const fresh = await rotate("rolling", { gracePeriodSeconds: 2 });
+    const rotatedAt = Date.now();
+    expect(await viaGateway(fresh)).toBe(200);
+    expect(await viaGateway(old)).toBe(200);
+    await until(async () => (await viaGateway(old)) === 401, "old value rejected after its grace");
+    // Not before the grace period ended (1 s of slack for clocks and scheduling), and the new value still works.
+    expect(Date.now() - rotatedAt).toBeGreaterThanOrEqual(1_000);
+    expect(await viaGateway(fresh)).toBe(200);
+  });
+
+  it("a rotation without grace makes the gateway drop the cached old value", async () => {
+    const { create, rotate } = await owner();
+    const old = await create("instant");
+    expect(await viaGateway(old)).toBe(200);
+    const fresh = await rotate("instant", {});
+    await until(async () => (await viaGateway(old)) === 401, "old value rejected");
+    expect(await viaGateway(fresh)).toBe(200);
+  });
+
+  it("a membership update over NATS that removes a permission makes the gateway reject the keys holding it", async () => {
+    const { org, user, create } = await owner(["write:sandboxes"]);
+    const sandboxes = await create("sandboxes", ["write:sandboxes"]);
+    const volumes = await create("volumes", ["read:volumes"]);
+    expect(await viaGateway(sandboxes)).toBe(200);
+    expect(await viaGateway(volumes)).toBe(200);
+    const published = performance.now();
+    await jetstream(nc).publish(
+      `${membership.subjectPrefix}.${org}.members.${user}.updated`,
+      JSON.stringify({ role: "member", permissions: ["read:volumes"] }),
+    );
+    await until(async () => (await viaGateway(sandboxes)) === 401, "key with the lost permission rejected");
+    process.stdout.write(
+      `membership update published -> gateway rejects: ${(performance.now() - published).toFixed(1)} ms\n`,
+    );
+    expect(await viaGateway(volumes)).toBe(200);
+  });
+});
