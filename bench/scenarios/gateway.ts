@@ -2,6 +2,7 @@ import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
+import { decodeEventMessage, eventSubjectFilter, NatsLink } from "@keyledger/nats-bus";
 import pg from "pg";
 import { startBenchEnvironment } from "../lib/environment";
 import { type GatewayProcess, startGatewayProcess } from "../lib/gateway";
@@ -63,6 +64,7 @@ export const gatewayScenario: Scenario = {
     const gateways: GatewayProcess[] = [];
     let background: ReturnType<typeof spawn> | undefined;
     const listener = new pg.Client({ connectionString: env.database.url });
+    const closers: (() => Promise<unknown>)[] = [];
     try {
       const nats = env.nats as NonNullable<typeof env.nats>;
       const started = await Promise.allSettled(
@@ -133,6 +135,23 @@ export const gatewayScenario: Scenario = {
       listener.on("notification", () => {
         notifiedAt ??= performance.now();
       });
+      // Where the time goes: when each KeyRevoked reaches a plain NATS subscriber here (as it reaches the gateways).
+      const revokedOnNats = new Map<string, number>();
+      const natsLink = new NatsLink({ servers: nats.url, name: "keyledger-bench-observer" });
+      closers.push(() => natsLink.close());
+      const nc = await natsLink.whenConnected();
+      nc?.subscribe(eventSubjectFilter(nats.subjectPrefix), {
+        callback: (error, msg) => {
+          if (error) return;
+          const event = decodeEventMessage(msg.data);
+          const name = (event?.data as { name?: unknown } | undefined)?.name;
+          if (event?.type === "KeyRevoked" && typeof name === "string" && !revokedOnNats.has(name)) {
+            revokedOnNats.set(name, performance.now());
+          }
+        },
+      });
+      await nc?.flush();
+      const onNats: number[] = [];
       await sleep(size(context, 3000, 1000)); // background keys' first uses (and their KeyUsed) happen now
       const agents = gateways.map(() => new Agent({ keepAlive: true, maxSockets: 1 }));
       const samples: number[] = [];
@@ -161,6 +180,8 @@ export const gatewayScenario: Scenario = {
         const rejections = await Promise.all(probes);
         const committedAt = notifiedAt as number | undefined;
         if (committedAt === undefined || committedAt < revokeSentAt) throw new Error("no commit notification");
+        const seenOnNats = revokedOnNats.get(name);
+        if (seenOnNats !== undefined) onNats.push(seenOnNats - committedAt);
         for (const rejection of rejections) {
           samples.push(rejection.at - committedAt);
           // The request that got the first 401 was sent after the rejection became possible or before: this is
@@ -179,6 +200,9 @@ export const gatewayScenario: Scenario = {
       const p99 = percentile(samples, 99);
       const max = percentile(samples, 100);
       context.log(`propagation samples (ms): ${samples.map((s) => s.toFixed(1)).join(" ")}`);
+      context.log(
+        `commit → KeyRevoked on NATS: p50 ${percentile(onNats, 50).toFixed(2)} ms, p99 ${percentile(onNats, 99).toFixed(2)} ms`,
+      );
       context.log(`propagation p50 ${p50.toFixed(2)} ms, p99 ${p99.toFixed(2)} ms, max ${max.toFixed(2)} ms`);
       const details = {
         samples: samples.length,
@@ -186,6 +210,8 @@ export const gatewayScenario: Scenario = {
         backgroundRatePerGateway: rate,
         backgroundOk: backgroundResults.map((r) => r.ok).join(" "),
         backgroundNon2xx: backgroundResults.map((r) => r.non2xx).join(" "),
+        commitToNatsP50Ms: percentile(onNats, 50),
+        commitToNatsP99Ms: percentile(onNats, 99),
         lowerBoundP50Ms: percentile(bounds, 50),
         lowerBoundP99Ms: percentile(bounds, 99),
       };
@@ -244,6 +270,7 @@ export const gatewayScenario: Scenario = {
     } finally {
       background?.kill("SIGKILL");
       await listener.end().catch(() => {});
+      for (const close of closers) await close().catch(() => {});
       for (const gateway of gateways) await gateway.stop();
       await env.close();
       await hello.service.stop();
