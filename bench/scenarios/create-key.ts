@@ -168,7 +168,7 @@ export const createKeyScenario: Scenario = {
           goal: "≥ 0.5×",
           pass: ratio >= 0.5,
           boundBy:
-            "CPU in Node + Postgres round trips (about 9 statements and 5 transactions per create: command, relay, sealer)",
+            "Postgres round trips: about 9 statements in the command and 4-5 commits per create (relay, sealer), each a loopback write",
           details,
         },
         {

@@ -1,5 +1,5 @@
 import { startBenchEnvironment } from "../lib/environment";
-import { assertClean, load } from "../lib/load";
+import { assertClean, load, withCpu } from "../lib/load";
 import type { Figure } from "../lib/report";
 import { type Scenario, size } from "../lib/scenario";
 import { seedKeys } from "../lib/seed";
@@ -26,14 +26,21 @@ export const listKeysScenario: Scenario = {
       const target = { url: `${api.baseUrl}/api/api-keys`, headers, connections: 1 };
       context.log("warm-up");
       await load({ ...target, duration: size(context, 3, 1) });
-      const result = assertClean("list", await load({ ...target, duration: size(context, 15, 3) }));
-      context.log(`p50 ${result.latencyMs.p50} ms, p99 ${result.latencyMs.p99} ms, ${result.okPerSecond.toFixed(0)}/s`);
+      const result = assertClean(
+        "list",
+        await withCpu(api.service, () => load({ ...target, duration: size(context, 15, 3) })),
+      );
+      context.log(
+        `p50 ${result.latencyMs.p50} ms, p99 ${result.latencyMs.p99} ms, ${result.okPerSecond.toFixed(0)}/s, ` +
+          `API CPU ${(result.cpuMicrosPerRequest / 1000).toFixed(1)} ms per list`,
+      );
       const details = {
         connections: 1,
         requests: result.ok,
         p90Ms: result.latencyMs.p90,
         maxMs: result.latencyMs.max,
         reqPerSecond: Math.round(result.okPerSecond),
+        apiCpuMicrosPerRequest: Math.round(result.cpuMicrosPerRequest),
         responseBytes: JSON.stringify(listed).length,
       };
       const figures: Figure[] = [
