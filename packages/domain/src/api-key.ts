@@ -155,7 +155,8 @@ export function decideApiKey(command: ApiKeyCommand, state: ApiKeyState): KeyEve
             previousKeyHash: state.keyHash,
             previousValidUntil: new Date(validUntil).toISOString(),
             supersededKeyHash: previousStillValid ? state.previousKeyHash : null,
-            expiresAt: c.expiresAt === undefined ? state.expiresAt : c.expiresAt && c.expiresAt.toISOString(),
+            expiresAt:
+              c.expiresAt === undefined ? state.expiresAt : c.expiresAt === null ? null : c.expiresAt.toISOString(),
             rotatedAt: c.now.toISOString(),
           },
         },

@@ -60,7 +60,7 @@ export function decideMember(command: MemberCommand, state: MemberState): Member
   }
 }
 
-export function evolveMember(state: MemberState, event: MemberEvent): MemberState {
+export function evolveMember(_state: MemberState, event: MemberEvent): MemberState {
   switch (event.type) {
     case "MemberAccessChanged":
       return { status: "member", role: event.data.role, permissions: event.data.permissions };

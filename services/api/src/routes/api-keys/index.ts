@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { hashKeyValue, KEY_RANDOM_BYTES, keyValueFromRandomBytes, maskKeyValue } from "@keyledger/domain";
-import type { FastifyInstance, FastifyRequest } from "fastify";
+import type { FastifyInstance } from "fastify";
 import type { Kysely } from "kysely";
 import type { KeyCommands } from "../../commands/key-commands";
 import { ApiError, apiKeyNotFound } from "../../http-errors";
