@@ -8,6 +8,7 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import { startTestIssuer } from "./lib/api";
+import { installInterruptHandlers } from "./lib/cleanup";
 import { adminDatabaseUrl, serverVersion } from "./lib/database";
 import { REPO_ROOT } from "./lib/processes";
 import {
@@ -122,12 +123,6 @@ function updateBenchmarksMd(results: RunResults, resultsFile: string) {
     TABLE_END,
   ].join("\n");
   writeFileSync(path, text.slice(0, start) + section + text.slice(end + TABLE_END.length));
-  // Biome formats Markdown tables (column padding); keep `pnpm check` clean.
-  try {
-    execFileSync(join(REPO_ROOT, "node_modules", ".bin", "biome"), ["format", "--write", path], { stdio: "ignore" });
-  } catch {
-    // formatting is cosmetic
-  }
 }
 
 async function main() {
@@ -143,6 +138,7 @@ async function main() {
     : undefined;
   if (profileDir) mkdirSync(profileDir, { recursive: true });
 
+  installInterruptHandlers(log);
   const issuer = await startTestIssuer();
   const figures: Figure[] = [];
   const skipped: SkippedScenario[] = [];

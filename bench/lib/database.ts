@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { runMigrations } from "@keyledger/event-store";
 import { Kysely, PostgresDialect, sql } from "kysely";
 import pg from "pg";
+import { onInterrupt } from "./cleanup";
 
 /** The Postgres server the benchmarks use: `BENCH_DATABASE_URL`, else the local server as the tests use it. */
 export function adminDatabaseUrl(env: Record<string, string | undefined>): string {
@@ -42,19 +43,24 @@ export async function createBenchDatabase(adminUrl: string, label: string): Prom
   }
   const url = withDatabase(adminUrl, name);
   const db = connect(url, 4);
+  const dropDatabase = async () => {
+    await db.destroy().catch(() => {});
+    const again = connect(adminUrl, 1);
+    try {
+      await sql.raw(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`).execute(again);
+    } finally {
+      await again.destroy();
+    }
+  };
+  const unregister = onInterrupt(dropDatabase);
   await runMigrations(db);
   return {
     name,
     url,
     db,
     async drop() {
-      await db.destroy();
-      const again = connect(adminUrl, 1);
-      try {
-        await sql.raw(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`).execute(again);
-      } finally {
-        await again.destroy();
-      }
+      unregister();
+      await dropDatabase();
     },
   };
 }

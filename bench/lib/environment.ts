@@ -1,5 +1,6 @@
 import { sql } from "kysely";
 import { ApiClient, type ApiProcess, startApiProcess } from "./api";
+import { onInterrupt } from "./cleanup";
 import { type BenchDatabase, createBenchDatabase } from "./database";
 import { benchNatsNames, deleteBenchStream, type NatsNames } from "./nats";
 import type { BenchContext } from "./scenario";
@@ -35,10 +36,12 @@ export async function startBenchEnvironment(
 ): Promise<BenchEnvironment> {
   const database = await createBenchDatabase(context.adminDatabaseUrl, label);
   const nats = options.nats === false ? undefined : { url: context.natsUrl, ...benchNatsNames(label) };
+  const unregisterStream = nats ? onInterrupt(() => deleteBenchStream(nats.url, nats.streamName)) : () => {};
   const processes: ApiProcess[] = [];
   const cleanup = async () => {
     for (const p of processes.reverse()) await p.stop();
     await database.drop();
+    unregisterStream();
     if (nats) await deleteBenchStream(nats.url, nats.streamName).catch(() => {});
   };
   const start = async (name: string, nodeFlags?: string[]) => {

@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
+import { onInterrupt } from "./cleanup";
 
 /** `getconf CLK_TCK` on Linux. */
 const CLOCK_TICKS_PER_SECOND = 100;
@@ -67,6 +68,12 @@ export function spawnTs(options: SpawnOptions): ChildService {
   child.stderr?.on("data", keep);
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   if (child.pid === undefined) throw new Error(`could not start ${options.name}`);
+  // Interrupted runs stop their servers before dropping their databases.
+  const unregister = onInterrupt(async () => {
+    child.kill("SIGKILL");
+    await exited;
+  });
+  void exited.then(unregister);
   const pid = child.pid;
   return {
     name: options.name,
@@ -146,7 +153,13 @@ export async function runTsForJson<T>(options: SpawnOptions & { timeoutMs?: numb
     stderr = (stderr + chunk.toString()).slice(-8000);
   });
   const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 300_000);
-  const code = await new Promise<number | null>((resolve) => child.once("exit", resolve));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
+  const unregister = onInterrupt(async () => {
+    child.kill("SIGKILL");
+    await exited;
+  });
+  const code = await exited;
+  unregister();
   clearTimeout(timer);
   if (code !== 0) throw new Error(`${options.name} exited with ${code}:\n${stderr}\n${stdout.slice(-2000)}`);
   const lines = stdout.trim().split("\n");

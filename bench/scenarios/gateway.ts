@@ -4,6 +4,7 @@ import { Agent, request } from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
 import { decodeEventMessage, eventSubjectFilter, NatsLink } from "@keyledger/nats-bus";
 import pg from "pg";
+import { onInterrupt } from "../lib/cleanup";
 import { startBenchEnvironment } from "../lib/environment";
 import { type GatewayProcess, startGatewayProcess } from "../lib/gateway";
 import { alternate, assertClean, load, median, percentile, withCpu } from "../lib/load";
@@ -125,6 +126,9 @@ export const gatewayScenario: Scenario = {
         },
         stdio: ["ignore", "pipe", "inherit"],
       });
+      const backgroundProcess = background;
+      const unregisterBackground = onInterrupt(async () => backgroundProcess.kill("SIGKILL"));
+      void new Promise((resolve) => backgroundProcess.once("exit", resolve)).then(unregisterBackground);
       let backgroundOutput = "";
       background.stdout?.on("data", (chunk: Buffer) => {
         backgroundOutput += chunk.toString();
