@@ -124,7 +124,7 @@ export function describeEventStore(label: string, open: () => Promise<Kysely<unk
       // transactions included): wait for that, rather than assume the server is otherwise idle.
       let after: RecordedEvent[] = [];
       let mine: RecordedEvent[] = [];
-      for (const deadline = Date.now() + 30_000; mine.length < 3 && Date.now() < deadline; ) {
+      for (const deadline = Date.now() + 60_000; mine.length < 3 && Date.now() < deadline; ) {
         after = await readAllAfter(db, checkpoint, 10_000);
         mine = after.filter((e) => e.streamId === a || e.streamId === b);
         if (mine.length < 3) await new Promise((resolve) => setTimeout(resolve, 20));

@@ -16,7 +16,9 @@ export function createPostgresDatabase(options: DatabaseOptions): Kysely<unknown
     // client gives up a little later on its own, so a request fails (503) instead of hanging.
     query_timeout: statementTimeoutMs + 2_000,
     keepAlive: true,
-    idle_in_transaction_session_timeout: 30_000,
+    // A transaction left open by a client that went away (a partition) holds back every reader of the whole log
+    // (they read below the server's oldest running transaction): the server ends it about as soon as a statement.
+    idle_in_transaction_session_timeout: Math.max(statementTimeoutMs, 5_000),
   });
   // An idle client losing its connection must not crash the process; the next query reconnects.
   pool.on("error", () => {});
