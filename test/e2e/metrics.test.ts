@@ -1,5 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { KEY_RANDOM_BYTES, keyValueFromRandomBytes } from "@keyledger/domain";
+import { storeCheckpoint } from "@keyledger/event-store";
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
 
@@ -100,5 +102,41 @@ describe("Prometheus metrics at /metrics", () => {
     expect(text).toMatch(/^keyledger_api_key_cache_hits_total \d+/m);
     expect(text).toMatch(/^keyledger_api_key_cache_misses_total \d+/m);
     expect(text).toMatch(/^keyledger_process_cpu_seconds_total /m);
+  });
+
+  it("reports how far each reader of the log is behind: relay checkpoints, the sealer, projections", async () => {
+    const reader = uniqueId("lag-reader");
+    // A reader that has handled everything up to an event appended now: everything appended after it is its lag.
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    await api.setMember(org, user, "owner");
+    const [head] = (
+      await sql<{ transaction_id: string; global_position: string }>`
+        SELECT transaction_id, global_position FROM events ORDER BY global_position DESC LIMIT 1`.execute(api.db)
+    ).rows;
+    await api.db.transaction().execute((trx) =>
+      storeCheckpoint(trx, reader, {
+        transactionId: String(head?.transaction_id),
+        globalPosition: String(head?.global_position),
+      }),
+    );
+    const headers = { ...(await api.jwtHeaders(user, org)), "content-type": "application/json" };
+    for (const name of ["one", "two"]) {
+      const res = await fetch(`${api.baseUrl}/api/api-keys`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify({ name, permissions: [] }),
+      });
+      expect(res.status).toBe(201);
+    }
+    const text = await scrape();
+    expect(sample(text, "keyledger_log_reader_lag_events", { reader })).toBeGreaterThanOrEqual(2);
+    expect(sample(text, "keyledger_log_reader_lag_seconds", { reader })).toBeGreaterThanOrEqual(0);
+    expect(sample(text, "keyledger_log_reader_lag_events", { reader: "sealer" })).toBeGreaterThanOrEqual(0);
+    await api.db
+      .deleteFrom("checkpoints" as never)
+      .where("name" as never, "=", reader as never)
+      .execute();
+    expect(sample(await scrape(), "keyledger_log_reader_lag_events", { reader })).toBeUndefined();
   });
 });

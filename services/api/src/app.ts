@@ -9,6 +9,7 @@ import type { DevIssuer } from "./dev-issuer";
 import { ApiEventBus, type EventBusOptions } from "./event-bus";
 import { KeyUsageRecorder } from "./key-usage-recorder";
 import { recordReportedKeyUses } from "./key-use-reports";
+import { measureLogReaderLag } from "./log-reader-lag";
 import authentication from "./plugins/app/authentication";
 import rateLimits, { type RateLimitSettings } from "./plugins/app/rate-limits";
 import errorHandler, { clientErrorHandler, frameworkErrorHandler } from "./plugins/external/error-handler";
@@ -119,7 +120,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     await verifier.close();
   });
 
-  await app.register(metrics, { cache: verifier });
+  await app.register(metrics, { cache: verifier, logReaderLag: () => measureLogReaderLag(options.db) });
   await app.register(rateLimits, options.rateLimits ?? { failedAuth: null, authenticated: null });
   await app.register(errorHandler, { onUnauthorized: app.failedAuthentication });
   await app.register(openapi);

@@ -1,4 +1,5 @@
-import { Counter, collectDefaultMetrics, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import type { LogReaderLag } from "./log-reader-lag";
 
 /**
  * The process's Prometheus registry, served at `/metrics`. Every keyledger metric is named `keyledger_*`; add a
@@ -66,4 +67,41 @@ cacheCounter(
 export function registerCacheStats(source: CacheStatsSource): () => void {
   cacheSources.add(source);
   return () => cacheSources.delete(source);
+}
+
+/** Where each reader of the log (relay, sealer, projections) stands, measured when `/metrics` is scraped. */
+const lagSources = new Set<() => Promise<LogReaderLag[]>>();
+
+async function collectLag(gauge: Gauge<"reader">, pick: (lag: LogReaderLag) => number): Promise<void> {
+  gauge.reset();
+  for (const measure of lagSources) {
+    const lags = await measure().catch(() => []);
+    for (const lag of lags) gauge.set({ reader: lag.reader }, pick(lag));
+  }
+}
+
+new Gauge({
+  name: "keyledger_log_reader_lag_events",
+  help: "Committed events a reader of the log (relay, sealer, projection) has not handled yet",
+  labelNames: ["reader"] as const,
+  registers: [metricsRegistry],
+  async collect() {
+    await collectLag(this, (lag) => lag.events);
+  },
+});
+
+new Gauge({
+  name: "keyledger_log_reader_lag_seconds",
+  help: "Age of the oldest committed event a reader of the log has not handled yet (0 when caught up)",
+  labelNames: ["reader"] as const,
+  registers: [metricsRegistry],
+  async collect() {
+    await collectLag(this, (lag) => lag.seconds);
+  },
+});
+
+/** Reports the log readers' lag measured by `measure` at `/metrics` until the returned function is called. */
+export function registerLogReaderLag(measure: () => Promise<LogReaderLag[]>): () => void {
+  lagSources.add(measure);
+  return () => lagSources.delete(measure);
 }

@@ -1,10 +1,19 @@
 import type { FastifyInstance } from "fastify";
 import fp from "fastify-plugin";
-import { type CacheStatsSource, httpRequestDuration, metricsRegistry, registerCacheStats } from "../../metrics";
+import type { LogReaderLag } from "../../log-reader-lag";
+import {
+  type CacheStatsSource,
+  httpRequestDuration,
+  metricsRegistry,
+  registerCacheStats,
+  registerLogReaderLag,
+} from "../../metrics";
 
 export type MetricsOptions = {
   /** The API-key verifier, whose cache hits and misses are reported while this app runs. */
   cache?: CacheStatsSource;
+  /** Measures the log readers' lag (relay, sealer, projections) when `/metrics` is scraped. */
+  logReaderLag?: () => Promise<LogReaderLag[]>;
 };
 
 /** Times every request by route pattern and serves the process's registry at `GET /metrics` (Prometheus text). */
@@ -23,6 +32,12 @@ export default fp(
     });
     if (options.cache) {
       const unregister = registerCacheStats(options.cache);
+      app.addHook("onClose", async () => {
+        unregister();
+      });
+    }
+    if (options.logReaderLag) {
+      const unregister = registerLogReaderLag(options.logReaderLag);
       app.addHook("onClose", async () => {
         unregister();
       });
