@@ -27,8 +27,10 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD node -e "fetch('http://127.0.0.1:'+process.env.PORT+'/health/ready').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 CMD ["node_modules/.bin/tsx", "services/api/src/main.ts"]
 
-# The projector serves no HTTP: Docker sees it healthy while its process runs (restart policy: compose).
 FROM workspace AS projector
+ENV PORT=3002
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD node -e "fetch('http://127.0.0.1:'+process.env.PORT+'/health/ready').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 CMD ["node_modules/.bin/tsx", "services/projector/src/main.ts"]
 
 FROM workspace AS gateway

@@ -6,6 +6,8 @@ export type ProjectorConfig = {
   sealBatchSize: number;
   rebuildBatchSize: number;
   logLevel: string;
+  /** Where `/health/live` and `/health/ready` are served; port 0 picks a free one. */
+  health: { port: number; host: string };
 };
 
 export class ProjectorConfigError extends Error {
@@ -43,5 +45,6 @@ export function parseProjectorConfig(env: Record<string, string | undefined>): P
     sealBatchSize: integer(env, "PROJECTOR_SEAL_BATCH_SIZE", 1000, 1, 100_000),
     rebuildBatchSize: integer(env, "PROJECTOR_REBUILD_BATCH_SIZE", 5000, 1, 100_000),
     logLevel: env.LOG_LEVEL || "info",
+    health: { port: integer(env, "PORT", 3002, 0, 65535), host: env.HOST || "0.0.0.0" },
   };
 }

@@ -4,6 +4,7 @@ import { Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
 import pino from "pino";
 import { ProjectorConfigError, parseProjectorConfig } from "./config";
+import { startHealthServer } from "./health-server";
 
 /** The standalone projector (`pnpm run start:projector`). The only place that reads the environment. */
 async function main() {
@@ -40,7 +41,8 @@ async function main() {
     log,
   });
   projector.start();
-  log.info({ pollIntervalMs: config.pollIntervalMs }, "projector started");
+  const health = await startHealthServer(db, config.health);
+  log.info({ pollIntervalMs: config.pollIntervalMs, healthPort: health.port }, "projector started");
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -49,6 +51,7 @@ async function main() {
     log.info({ signal }, "projector stopping");
     const timer = setTimeout(() => process.exit(1), 10_000);
     timer.unref();
+    await health.close();
     await projector.stop();
     await notifications.close();
     await db.destroy();

@@ -11,6 +11,7 @@ describe("projector configuration", () => {
       sealBatchSize: 1000,
       rebuildBatchSize: 5000,
       logLevel: "info",
+      health: { port: 3002, host: "0.0.0.0" },
     });
   });
 

@@ -17,6 +17,7 @@ function startProjector(url: string): ChildProcess {
     env: {
       ...process.env,
       DATABASE_URL: url,
+      PORT: "0",
       PROJECTOR_REBUILD_BATCH_SIZE: "1",
       PROJECTOR_SEAL_BATCH_SIZE: "1",
       PROJECTOR_POLL_INTERVAL_MS: "50",
