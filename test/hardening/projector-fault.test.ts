@@ -71,6 +71,7 @@ describe("projector: Postgres faults", () => {
       env: {
         ...process.env,
         DATABASE_URL: proxied.toString(),
+        PORT: "0", // health endpoints on a free port: other projectors may run beside this one
         PROJECTOR_SEAL_BATCH_SIZE: "1", // many small commits: a cut lands mid-query
         PROJECTOR_POLL_INTERVAL_MS: "50",
         LOG_LEVEL: "warn",
