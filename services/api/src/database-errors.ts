@@ -14,13 +14,16 @@ const NETWORK_CODES = new Set([
 /**
  * SQLSTATEs that say "the database cannot serve this now, try again": connection exceptions (class 08),
  * insufficient resources (class 53), operator intervention (57: statement timeout, shutdown, cannot connect now),
- * lock timeout, and serialization failures / deadlocks that outlived the command's retries.
+ * idle-in-transaction / transaction timeouts (25P03, 25P04), lock timeout, and serialization failures / deadlocks that outlived the command's retries.
  */
 function isTransientSqlState(code: string): boolean {
   return (
     code.startsWith("08") ||
     code.startsWith("53") ||
     code.startsWith("57") ||
+    // The server ended a session it saw idle in a transaction (the client stalled, e.g. a network partition).
+    code === "25P03" ||
+    code === "25P04" ||
     code === "55P03" ||
     code === "40001" ||
     code === "40P01"
