@@ -1,6 +1,7 @@
 import { PgNotificationListener, Projector } from "@keyledger/projections";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
+import { until } from "../support/until";
 
 type AuditItem = {
   cursor: string;
@@ -14,16 +15,6 @@ type AuditItem = {
   hash: string;
 };
 type Page = { items: AuditItem[]; nextCursor: string; hasMore: boolean };
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
 
 describe("GET /api/api-key-events (the organization's audit log)", () => {
   let api: RunningApi;

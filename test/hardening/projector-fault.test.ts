@@ -6,19 +6,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createScratchDatabase, type ScratchDatabase } from "../support/database";
 import { writeKeyHistory } from "../support/key-history";
 import { TcpProxy } from "../support/tcp-proxy";
+import { until } from "../support/until";
 
 const MAIN = fileURLToPath(new URL("../../services/projector/src/main.ts", import.meta.url));
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 90_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 async function sealed(db: Kysely<unknown>): Promise<{ events: number; seals: number }> {
   const { rows } = await sql<{ events: string; seals: string }>`

@@ -8,14 +8,7 @@ import Fastify, { type FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
 import { testEventStream } from "../support/nats";
-
-async function until(probe: () => Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
+import { until } from "../support/until";
 
 /**
  * Issue 4 at the edge: a gateway honours rotation grace periods without polling, and membership changes that
@@ -62,17 +55,17 @@ describe("gateway: rotation grace and membership changes over NATS", () => {
     });
     await gateway.listen({ port: 0, host: "127.0.0.1" });
     gatewayUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
-    await until(async () => (await fetch(`${gatewayUrl}/health/ready`)).status === 200, "gateway ready");
+    await until("gateway ready", async () =>
+      (await fetch(`${gatewayUrl}/health/ready`)).status === 200 ? true : undefined,
+    );
     nc = await connect({ servers: stream.natsUrl });
     // The API starts its membership consumer once connected: wait until the durable consumer exists.
     const jsm = await jetstreamManager(nc);
-    await until(
-      () =>
-        jsm.consumers.info(membership.streamName, membership.durableName).then(
-          () => true,
-          () => false,
-        ),
-      "membership consumer",
+    await until("membership consumer", () =>
+      jsm.consumers.info(membership.streamName, membership.durableName).then(
+        () => true,
+        () => undefined,
+      ),
     );
   });
   afterAll(async () => {
@@ -124,7 +117,7 @@ describe("gateway: rotation grace and membership changes over NATS", () => {
     const rotatedAt = Date.now();
     expect(await viaGateway(fresh)).toBe(200);
     expect(await viaGateway(old)).toBe(200);
-    await until(async () => (await viaGateway(old)) === 401, "old value rejected after its grace");
+    await until("old value rejected after its grace", async () => ((await viaGateway(old)) === 401 ? true : undefined));
     // Not before the grace period ended (1 s of slack for clocks and scheduling), and the new value still works.
     expect(Date.now() - rotatedAt).toBeGreaterThanOrEqual(1_000);
     expect(await viaGateway(fresh)).toBe(200);
@@ -135,7 +128,7 @@ describe("gateway: rotation grace and membership changes over NATS", () => {
     const old = await create("instant");
     expect(await viaGateway(old)).toBe(200);
     const fresh = await rotate("instant", {});
-    await until(async () => (await viaGateway(old)) === 401, "old value rejected");
+    await until("old value rejected", async () => ((await viaGateway(old)) === 401 ? true : undefined));
     expect(await viaGateway(fresh)).toBe(200);
   });
 
@@ -150,7 +143,9 @@ describe("gateway: rotation grace and membership changes over NATS", () => {
       `${membership.subjectPrefix}.${org}.members.${user}.updated`,
       JSON.stringify({ role: "member", permissions: ["read:volumes"] }),
     );
-    await until(async () => (await viaGateway(sandboxes)) === 401, "key with the lost permission rejected");
+    await until("key with the lost permission rejected", async () =>
+      (await viaGateway(sandboxes)) === 401 ? true : undefined,
+    );
     process.stdout.write(
       `membership update published -> gateway rejects: ${(performance.now() - published).toFixed(1)} ms\n`,
     );

@@ -12,19 +12,10 @@ import { type Kysely, sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createScratchDatabase, type ScratchDatabase } from "../support/database";
 import { readModelRows } from "../support/key-history";
+import { until } from "../support/until";
 
 function context(organizationId: string): CommandContext {
   return { now: new Date(), metadata: { actorUserId: null, organizationId, authMethod: "internal", requestId: null } };
-}
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
 }
 
 async function sealedPosition(db: Kysely<unknown>, position: string): Promise<boolean> {
