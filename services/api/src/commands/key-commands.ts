@@ -33,6 +33,15 @@ import { findMember } from "../read-model-queries";
 
 const MAX_ATTEMPTS = 5;
 
+/**
+ * Postgres rolled the whole transaction back because it collided with another one (deadlock, serialization
+ * failure): nothing was written, so the command runs again with fresh state.
+ */
+function isRetryableConflict(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === "40P01" || code === "40001";
+}
+
 /** Called after a command's transaction commits, with the events it appended (e.g. to publish them). */
 export type OnCommitted = (events: RecordedEvent[]) => void;
 
@@ -85,7 +94,7 @@ export class KeyCommands {
         if (appended.length > 0) this.onCommitted(appended);
         return result;
       } catch (error) {
-        if (error instanceof StreamVersionConflict && attempt < MAX_ATTEMPTS) continue;
+        if ((error instanceof StreamVersionConflict || isRetryableConflict(error)) && attempt < MAX_ATTEMPTS) continue;
         throw error;
       }
     }
