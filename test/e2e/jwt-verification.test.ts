@@ -50,6 +50,15 @@ describe("JWT verification against the issuer's JWKS", () => {
     expect((await eventsOfOrganization(api.db, org)).length).toBe(before);
   });
 
+  it("rejects a token once it expires, although it was accepted (and remembered as verified) before", async () => {
+    const exp = Math.floor(Date.now() / 1000) + 2;
+    const token = await api.issuer.token({ sub: user }, { expiresIn: exp });
+    expect((await list(token)).status).toBe(200);
+    expect((await list(token)).status).toBe(200);
+    await new Promise((resolve) => setTimeout(resolve, exp * 1000 - Date.now() + 100));
+    await expectClientError(list(token), 401, "Invalid credentials");
+  });
+
   it("rejects a token without sub, or with an empty sub", async () => {
     await expectClientError(list(await api.issuer.token({})), 401, "Invalid credentials");
     await expectClientError(list(await api.issuer.token({ sub: "" })), 401, "Invalid credentials");

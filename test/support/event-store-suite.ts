@@ -1,6 +1,8 @@
 import type { EventMetadata, KeyledgerEvent } from "@keyledger/domain";
 import {
+  APPENDED_CTE,
   appendToStream,
+  appendToStreamInOneStatement,
   checkpointOf,
   LOG_START,
   type LogCheckpoint,
@@ -13,7 +15,7 @@ import {
   StreamVersionConflict,
   storeCheckpoint,
 } from "@keyledger/event-store";
-import type { Kysely } from "kysely";
+import { type Kysely, sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { uniqueId } from "./api-harness";
 
@@ -110,6 +112,73 @@ export function describeEventStore(label: string, open: () => Promise<Kysely<unk
         }),
       ).rejects.toThrow("command failed after appending");
       expect(await readStream(db, streamId)).toEqual({ version: 0, events: [] });
+    });
+
+    describe("appendToStreamInOneStatement", () => {
+      const table = `one_statement_writes_${Date.now()}`;
+      beforeAll(async () => {
+        await sql`CREATE TABLE ${sql.id(table)} (stream_id text PRIMARY KEY, note text NOT NULL)`.execute(db);
+      });
+      const alsoWrite = (streamId: string, note: string) =>
+        sql`INSERT INTO ${sql.id(table)} (stream_id, note)
+            SELECT ${streamId}, ${note} WHERE EXISTS (SELECT 1 FROM ${sql.id(APPENDED_CTE)})`;
+      const written = async (streamId: string) =>
+        (await sql<{ note: string }>`SELECT note FROM ${sql.id(table)} WHERE stream_id = ${streamId}`.execute(db)).rows;
+      const now = new Date("2026-01-02T03:04:05.678Z");
+
+      it("appends the events and runs alsoWrite in the same statement", async () => {
+        const streamId = uniqueId("stream");
+        const recorded = await appendToStreamInOneStatement(
+          db,
+          streamId,
+          0,
+          [event("Opened", { n: 1 }), event("Noted", { n: 2 })],
+          metadata,
+          now,
+          { onlyIf: sql`SELECT 1`, alsoWrite: [alsoWrite(streamId, "written")] },
+        );
+        expect(recorded?.map((e) => [e.type, e.streamVersion, e.data, e.occurredAt.toISOString()])).toEqual([
+          ["Opened", 1, { n: 1 }, now.toISOString()],
+          ["Noted", 2, { n: 2 }, now.toISOString()],
+        ]);
+        expect(recorded?.[0]?.metadata).toEqual(metadata);
+        const read = await readStream(db, streamId);
+        expect(read.events.map((e) => e.eventId)).toEqual(recorded?.map((e) => e.eventId));
+        expect(await written(streamId)).toEqual([{ note: "written" }]);
+        const next = await appendToStreamInOneStatement(db, streamId, 2, [event("Closed", {})], metadata, now);
+        expect(next?.map((e) => e.streamVersion)).toEqual([3]);
+      });
+
+      it("writes nothing when the guard returns no row", async () => {
+        const streamId = uniqueId("stream");
+        const result = await appendToStreamInOneStatement(db, streamId, 0, [event("Opened", {})], metadata, now, {
+          onlyIf: sql`SELECT 1 WHERE false`,
+          alsoWrite: [alsoWrite(streamId, "must not be written")],
+        });
+        expect(result).toBeUndefined();
+        expect(await readStream(db, streamId)).toEqual({ version: 0, events: [] });
+        expect(await written(streamId)).toEqual([]);
+      });
+
+      it("rejects a stale version with StreamVersionConflict, and a version the stream has not reached", async () => {
+        const streamId = uniqueId("stream");
+        await append(db, streamId, 0, [event("Opened", {})]);
+        await expect(
+          appendToStreamInOneStatement(db, streamId, 0, [event("Opened", { again: true })], metadata, now),
+        ).rejects.toBeInstanceOf(StreamVersionConflict);
+        expect(await appendToStreamInOneStatement(db, streamId, 5, [event("Gap", {})], metadata, now)).toBeUndefined();
+        expect((await readStream(db, streamId)).version).toBe(1);
+      });
+
+      it("keeps no event when a statement of alsoWrite fails", async () => {
+        const streamId = uniqueId("stream");
+        await expect(
+          appendToStreamInOneStatement(db, streamId, 0, [event("Opened", {})], metadata, now, {
+            alsoWrite: [sql`INSERT INTO ${sql.id(table)} (stream_id, note) SELECT ${streamId}, (1 / 0)::text`],
+          }),
+        ).rejects.toThrow(/division by zero/);
+        expect(await readStream(db, streamId)).toEqual({ version: 0, events: [] });
+      });
     });
 
     it("reads the whole log after a checkpoint in commit order, up to the limit", async () => {

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { EventMetadata, KeyledgerEvent } from "@keyledger/domain";
-import { type Kysely, sql } from "kysely";
+import { type Kysely, type RawBuilder, sql } from "kysely";
 import type { EventStoreTables } from "./schema";
 
 /** An event as stored in the log. Positions are bigint strings as Postgres returns them. */
@@ -116,7 +116,79 @@ export async function appendToStream<E extends KeyledgerEvent>(
   }
 }
 
-/** Wakes readers of the whole log (projector, relay) when the transaction commits. */
+/** The CTE holding the appended rows in `appendToStreamInOneStatement`, for `alsoWrite` statements to depend on. */
+export const APPENDED_CTE = "appended";
+
+export type OneStatementAppendOptions = {
+  /**
+   * A SELECT that must return a row for the append to happen, evaluated in the same statement (it may lock what it
+   * reads, e.g. `FOR SHARE`, so a concurrent change waits or is seen). No row: nothing is written.
+   */
+  onlyIf?: RawBuilder<unknown>;
+  /** Further data-modifying statements run in the same statement (e.g. inline read-model inserts); they can read
+   * the appended rows from the CTE named `APPENDED_CTE`. */
+  alsoWrite?: readonly RawBuilder<unknown>[];
+};
+
+/**
+ * Appends events to one stream in a single SQL statement — one round trip, and atomic on its own (outside a
+ * transaction it commits by itself): the expected-version check, the `onlyIf` guard, the insert and `alsoWrite`
+ * together. Returns `undefined` when nothing was written because the guard returned no row (or the stream has not
+ * reached `expectedVersion`): read again and decide again. A concurrent append to the stream throws
+ * `StreamVersionConflict`, as `appendToStream` does.
+ */
+export async function appendToStreamInOneStatement<E extends KeyledgerEvent>(
+  db: Kysely<unknown>,
+  streamId: string,
+  expectedVersion: number,
+  events: readonly E[],
+  metadata: EventMetadata,
+  occurredAt: Date,
+  options: OneStatementAppendOptions = {},
+): Promise<RecordedEvent<E>[] | undefined> {
+  if (events.length === 0) return [];
+  const rows = events.map((event, i) => ({
+    event_id: randomUUID(),
+    stream_version: expectedVersion + i + 1,
+    event_type: event.type,
+    data: event.data,
+  }));
+  // Versions only grow by one (see appendToStream): the stream must have reached the expected version.
+  const reached =
+    expectedVersion > 0
+      ? sql`AND EXISTS (SELECT 1 FROM events WHERE stream_id = ${streamId} AND stream_version = ${expectedVersion})`
+      : sql``;
+  const guard = options.onlyIf ? sql`AND EXISTS (SELECT 1 FROM guard)` : sql``;
+  const ctes = [
+    ...(options.onlyIf ? [sql`guard AS (${options.onlyIf})`] : []),
+    sql`${sql.id(APPENDED_CTE)} AS (
+      INSERT INTO events (event_id, stream_id, stream_version, event_type, data, metadata, occurred_at)
+      SELECT v.event_id, ${streamId}, v.stream_version, v.event_type, v.data, ${JSON.stringify(metadata)}::jsonb,
+             ${occurredAt.toISOString()}::timestamptz
+        FROM jsonb_to_recordset(${JSON.stringify(rows)}::jsonb)
+             AS v(event_id uuid, stream_version integer, event_type text, data jsonb)
+       WHERE TRUE ${reached} ${guard}
+       ORDER BY v.stream_version
+      RETURNING global_position, transaction_id, event_id, stream_id, stream_version, event_type, data, metadata,
+                occurred_at)`,
+    ...(options.alsoWrite ?? []).map((statement, i) => sql`${sql.id(`also_${i}`)} AS (${statement})`),
+  ];
+  try {
+    const result = await sql<EventRow>`
+      WITH ${sql.join(ctes)}
+      SELECT * FROM ${sql.id(APPENDED_CTE)} ORDER BY stream_version`.execute(db);
+    if (result.rows.length === 0) return undefined;
+    return result.rows.map(toRecordedEvent) as RecordedEvent<E>[];
+  } catch (error) {
+    if (isUniqueViolationOn(error, "events_stream_version_unique")) throw new StreamVersionConflict(streamId);
+    throw error;
+  }
+}
+
+/**
+ * Wakes readers of the whole log (projector, relay) when the transaction commits. Appends need not call it: a
+ * trigger on `events` (migration 0006) notifies `keyledger_events` for every inserting statement.
+ */
 export async function notifyAppended(trx: Kysely<unknown>, channel = "keyledger_events"): Promise<void> {
   await sql`SELECT pg_notify(${channel}, '')`.execute(trx);
 }

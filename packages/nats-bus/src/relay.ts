@@ -29,6 +29,12 @@ export type EventRelayOptions = {
   batchSize?: number;
   /** Fallback poll when no notification arrives (default 500 ms). */
   pollIntervalMs?: number;
+  /**
+   * Least time between two reads of the log while it keeps growing (default 10 ms): commits of that time are
+   * published as one batch with one checkpoint write. The API's fast path publishes each command's events at once;
+   * the relay is the guarantee.
+   */
+  minBatchIntervalMs?: number;
   /** How often a standby relay tries to take the lock (default 1 s). */
   lockRetryMs?: number;
   /** Wait after a failed publish or database error before trying again (default 500 ms). */
@@ -210,7 +216,9 @@ export class EventRelay {
         streamReady = true;
       }
       this.wakeRequested = false;
-      const events = await readAllAfter(db, checkpoint, this.options.batchSize ?? 500);
+      const batchSize = this.options.batchSize ?? 500;
+      const readAt = performance.now();
+      const events = await readAllAfter(db, checkpoint, batchSize);
       if (events.length === 0) {
         await this.pause(this.options.pollIntervalMs ?? 500);
         continue;
@@ -222,6 +230,10 @@ export class EventRelay {
         this.current = checkpoint;
       }
       if (acked < events.length) await this.pause(this.options.retryDelayMs ?? 500);
+      else if (events.length < batchSize) {
+        const wait = (this.options.minBatchIntervalMs ?? 10) - (performance.now() - readAt);
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      }
     }
   }
 

@@ -20,6 +20,11 @@ export type ProjectorOptions = {
   notifications?: NotificationSource;
   /** Fallback poll when no notification comes (ms). */
   pollIntervalMs?: number;
+  /**
+   * Least time from the start of one pass to the start of the next (ms, default 10): under a stream of commits,
+   * the notifications of that time are handled by one pass (a batch) instead of one pass each.
+   */
+  minPassIntervalMs?: number;
   /** Retry delay while committed events wait for an older transaction before they can be sealed (ms). */
   heldBackRetryMs?: number;
   sealBatchSize?: number;
@@ -131,7 +136,9 @@ export class Projector {
 
   private async loop(): Promise<void> {
     const poll = this.options.pollIntervalMs ?? 1000;
+    const minInterval = this.options.minPassIntervalMs ?? 10;
     while (!this.stopping) {
+      const passStarted = performance.now();
       this.woken = false;
       let delay = poll;
       try {
@@ -152,7 +159,12 @@ export class Projector {
         delay = Math.min(poll * 2 ** Math.min(this.failures, 5), 30_000);
         this.log.error({ err: error, failures: this.failures, retryInMs: delay }, "projector pass failed");
       }
-      if (this.woken || this.stopping) continue;
+      if (this.stopping) continue;
+      if (this.woken) {
+        const wait = minInterval - (performance.now() - passStarted);
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+        continue;
+      }
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, delay);
         this.wakeUp = () => {

@@ -1,5 +1,5 @@
 import { assertNever, type KeyledgerEvent } from "@keyledger/domain";
-import { type Kysely, type Selectable, sql } from "kysely";
+import { type Kysely, type RawBuilder, type Selectable, sql } from "kysely";
 import type { ApiKeysTable, OrganizationMembersTable } from "./schema";
 
 export type ApiKeyRecord = Selectable<ApiKeysTable>;
@@ -25,10 +25,16 @@ export type RowChange = {
   table: ReadModelTable;
   key: Row;
   next(current: Row | undefined): Row | undefined;
+  /** `next` leaves any existing row as it is and only creates an absent one: an insert that skips a present row. */
+  createOnly?: true;
 };
 
-function keyChange(keyId: string, next: (row: ApiKeyRecord | undefined) => ApiKeyRecord | undefined): RowChange {
-  return { table: API_KEYS_TABLE, key: { key_id: keyId }, next: next as RowChange["next"] };
+function keyChange(
+  keyId: string,
+  next: (row: ApiKeyRecord | undefined) => ApiKeyRecord | undefined,
+  createOnly?: true,
+): RowChange {
+  return { table: API_KEYS_TABLE, key: { key_id: keyId }, next: next as RowChange["next"], createOnly };
 }
 
 function memberChange(
@@ -59,26 +65,29 @@ export function readModelChange(event: KeyledgerEvent): RowChange {
   switch (event.type) {
     case "KeyCreated": {
       const d = event.data;
-      return keyChange(d.keyId, (row) =>
-        row !== undefined
-          ? row
-          : {
-              key_id: d.keyId,
-              organization_id: d.organizationId,
-              user_id: d.userId,
-              name: d.name,
-              key_hash: d.keyHash,
-              masked_value: d.maskedValue,
-              permissions: d.permissions,
-              created_at: new Date(d.createdAt),
-              expires_at: dateOrNull(d.expiresAt),
-              last_used_at: null,
-              revoked_at: null,
-              revoked_reason: null,
-              previous_key_hash: null,
-              previous_valid_until: null,
-              rotated_at: null,
-            },
+      return keyChange(
+        d.keyId,
+        (row) =>
+          row !== undefined
+            ? row
+            : {
+                key_id: d.keyId,
+                organization_id: d.organizationId,
+                user_id: d.userId,
+                name: d.name,
+                key_hash: d.keyHash,
+                masked_value: d.maskedValue,
+                permissions: d.permissions,
+                created_at: new Date(d.createdAt),
+                expires_at: dateOrNull(d.expiresAt),
+                last_used_at: null,
+                revoked_at: null,
+                revoked_reason: null,
+                previous_key_hash: null,
+                previous_valid_until: null,
+                rotated_at: null,
+              },
+        true,
       );
     }
     case "KeyRevoked": {
@@ -243,6 +252,34 @@ export async function applyEventsToReadModel(trx: Kysely<unknown>, events: reado
                 SELECT ${sql.join(columns)} FROM ${recordset(table, inserted)} AS k`.execute(trx);
     }
   }
+}
+
+/**
+ * The inline writes of events that only create rows (`createOnly`: e.g. `KeyCreated`), as statements to run
+ * inside another statement (an append's CTEs): `INSERT ... ON CONFLICT (primary key) DO NOTHING`, which is exactly
+ * what `next` does to a present row, with `next(undefined)` as the new row; `onlyIf` (an SQL condition) must hold.
+ * `undefined` when some event changes existing rows: use `applyEventsToReadModel` in a transaction instead.
+ */
+export function createOnlyReadModelWrites(
+  events: readonly KeyledgerEvent[],
+  onlyIf: RawBuilder<unknown>,
+): RawBuilder<unknown>[] | undefined {
+  const changes = events.map(readModelChange);
+  if (changes.some((change) => !change.createOnly)) return undefined;
+  const rowsByTable = new Map<ReadModelTable, Row[]>();
+  for (const change of changes) {
+    const row = change.next(undefined);
+    if (row === undefined) continue;
+    const rows = rowsByTable.get(change.table) ?? [];
+    rows.push(row);
+    rowsByTable.set(change.table, rows);
+  }
+  return [...rowsByTable].map(([table, rows]) => {
+    const columns = columnsOf(rows).map((c) => sql.id(c));
+    return sql`INSERT INTO ${sql.id(table.name)} (${sql.join(columns)})
+               SELECT ${sql.join(columns)} FROM ${recordset(table, rows)} AS k WHERE ${onlyIf}
+               ON CONFLICT (${sql.join(table.primaryKey.map((c) => sql.id(c)))}) DO NOTHING`;
+  });
 }
 
 function columnsOf(rows: Row[]): string[] {

@@ -13,6 +13,7 @@ import {
   type KeyRotated,
   keyStreamId,
   type MemberCommand,
+  type MemberRole,
   type MemberState,
   memberStreamId,
   type Permission,
@@ -20,13 +21,14 @@ import {
   revocationReasonAfterAccessChange,
 } from "@keyledger/domain";
 import {
+  APPENDED_CTE,
   appendToStream,
-  notifyAppended,
+  appendToStreamInOneStatement,
   type RecordedEvent,
   readStream,
   StreamVersionConflict,
 } from "@keyledger/event-store";
-import { applyToReadModel, type ReadModelTables } from "@keyledger/projections";
+import { applyToReadModel, createOnlyReadModelWrites, type ReadModelTables } from "@keyledger/projections";
 import { type Kysely, sql } from "kysely";
 import { invalidAuthContext } from "../http-errors";
 import { findMember } from "../read-model-queries";
@@ -111,7 +113,6 @@ export class KeyCommands {
     if (events.length === 0) return;
     const recorded = await appendToStream(trx, streamId, expectedVersion, events, context.metadata, context.now);
     for (const event of recorded) await applyToReadModel(trx, event);
-    if (appended.length === 0) await notifyAppended(trx);
     appended.push(...recorded);
   }
 
@@ -128,8 +129,13 @@ export class KeyCommands {
     return events;
   }
 
-  /** Creates a key for the caller. The grantor's access is read under a share lock, so a concurrent downgrade waits. */
-  createApiKey(
+  /**
+   * Creates a key for the caller in one statement after one read: the key's stream is read, the domain decides,
+   * and the append, the read-model row and the grantor check commit together. The grantor's access (`grantor`: as
+   * authentication just read it, else read here) is re-checked in that statement under a share lock, so a
+   * concurrent downgrade either waits for the create (and then sees the new key) or makes it read and decide again.
+   */
+  async createApiKey(
     input: {
       keyId: string;
       organizationId: string;
@@ -141,20 +147,55 @@ export class KeyCommands {
       expiresAt: Date | null;
     },
     context: CommandContext,
+    grantorAsAuthenticated?: { role: MemberRole; permissions: Permission[] },
   ): Promise<KeyEvent> {
-    return this.run(async (trx, appended) => {
-      const grantor = await findMember(trx, input.organizationId, input.userId, "share");
-      if (!grantor) throw invalidAuthContext();
-      const streamId = keyStreamId(input.organizationId, input.userId, input.name);
-      const [created] = await this.decideOnKey(
-        trx,
-        appended,
-        streamId,
-        { type: "CreateKey", data: { ...input, grantor, now: context.now } },
-        context,
+    const streamId = keyStreamId(input.organizationId, input.userId, input.name);
+    let grantor = grantorAsAuthenticated;
+    for (let attempt = 1; ; attempt++) {
+      if (grantor === undefined) {
+        grantor = await findMember(this.db, input.organizationId, input.userId);
+        if (!grantor) throw invalidAuthContext();
+      }
+      const { state, version } = await loadApiKey(this.db, streamId, false);
+      const events = decideApiKey(
+        {
+          type: "CreateKey",
+          data: { ...input, grantor: { role: grantor.role, permissions: grantor.permissions }, now: context.now },
+        },
+        state,
       );
-      return created as KeyEvent;
-    });
+      const readModelWrites = createOnlyReadModelWrites(events, sql`EXISTS (SELECT 1 FROM ${sql.id(APPENDED_CTE)})`);
+      if (readModelWrites === undefined) throw new Error("KeyCreated is expected to only create read-model rows");
+      let recorded: RecordedEvent[] | undefined;
+      try {
+        recorded = await appendToStreamInOneStatement(
+          this.db,
+          streamId,
+          version,
+          events,
+          context.metadata,
+          context.now,
+          {
+            onlyIf: sql`SELECT 1 FROM organization_members
+                       WHERE organization_id = ${input.organizationId} AND user_id = ${input.userId}
+                         AND role = ${grantor.role} AND permissions = ${sql.val(grantor.permissions)}::text[]
+                         FOR SHARE`,
+            alsoWrite: readModelWrites,
+          },
+        );
+      } catch (error) {
+        if ((error instanceof StreamVersionConflict || isRetryableConflict(error)) && attempt < MAX_ATTEMPTS) continue;
+        throw error;
+      }
+      if (recorded === undefined) {
+        // The grantor's access changed (or they left) after it was read: read it again and decide again.
+        if (attempt >= MAX_ATTEMPTS) throw new StreamVersionConflict(streamId);
+        grantor = undefined;
+        continue;
+      }
+      this.onCommitted(recorded);
+      return events[0] as KeyEvent;
+    }
   }
 
   revokeApiKey(

@@ -1,6 +1,6 @@
 import type { MemberRole, Permission } from "@keyledger/domain";
 import { KEY_STATUS_HEADER, VALID_UNTIL_HEADER } from "@keyledger/verifier";
-import type { FastifyInstance, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
 import { createLocalJWKSet, createRemoteJWKSet, type JSONWebKeySet, type JWTVerifyGetKey, jwtVerify } from "jose";
 import type { Kysely } from "kysely";
@@ -76,6 +76,45 @@ function bearerToken(request: FastifyRequest): string {
   return match[1];
 }
 
+/** How long a verified JWT is taken on trust before its signature is checked again (never past its `exp`). */
+const JWT_CACHE_MS = 60_000;
+const JWT_CACHE_ENTRIES = 1_000;
+
+/**
+ * Tokens whose signature, issuer and audience were verified, with their subject: a dashboard sends the same token
+ * with every request, and an RSA verification costs more than the rest of a request. An entry ends at the token's
+ * `exp` or `ttlMs` after verification, whichever is first; a key removed from the issuer's JWKS is therefore still
+ * honoured for at most `ttlMs` for tokens verified before. Bounded: the oldest entries go first.
+ */
+export class VerifiedTokenCache {
+  private readonly entries = new Map<string, { subject: string; until: number }>();
+
+  constructor(
+    private readonly maxEntries: number,
+    private readonly ttlMs: number,
+  ) {}
+
+  get(token: string, now: number): string | undefined {
+    const entry = this.entries.get(token);
+    if (entry === undefined) return undefined;
+    if (entry.until <= now) {
+      this.entries.delete(token);
+      return undefined;
+    }
+    return entry.subject;
+  }
+
+  set(token: string, subject: string, expiresAtMs: number | undefined, now: number): void {
+    const until = Math.min(now + this.ttlMs, expiresAtMs ?? Number.POSITIVE_INFINITY);
+    if (until <= now) return;
+    if (this.entries.size >= this.maxEntries) {
+      const oldest = this.entries.keys().next().value;
+      if (oldest !== undefined) this.entries.delete(oldest);
+    }
+    this.entries.set(token, { subject, until });
+  }
+}
+
 /**
  * Authenticates `Authorization: Bearer` for routes that declare `config.auth`. A JWT-shaped token is verified
  * against the issuer's JWKS and its organization comes from `X-Daytona-Organization-ID`; anything else is an API
@@ -87,8 +126,12 @@ export default fp(
       ? createLocalJWKSet(options.oidc.jwks)
       : createRemoteJWKSet(new URL(options.oidc.jwksUrl), { timeoutDuration: 5000, cooldownDuration: 30_000 });
 
-    async function authenticateJwt(request: FastifyRequest, token: string): Promise<JwtAuthContext> {
-      let userId: string;
+    const verifiedTokens = new VerifiedTokenCache(JWT_CACHE_ENTRIES, JWT_CACHE_MS);
+
+    async function verifiedSubject(request: FastifyRequest, token: string): Promise<string> {
+      const now = Date.now();
+      const cached = verifiedTokens.get(token, now);
+      if (cached !== undefined) return cached;
       try {
         const { payload } = await jwtVerify(token, jwks, {
           issuer: options.oidc.issuer,
@@ -97,11 +140,16 @@ export default fp(
           requiredClaims: ["sub"],
         });
         if (typeof payload.sub !== "string" || payload.sub.length === 0) throw new Error("no subject");
-        userId = payload.sub;
+        verifiedTokens.set(token, payload.sub, typeof payload.exp === "number" ? payload.exp * 1000 : undefined, now);
+        return payload.sub;
       } catch (error) {
         request.log.info({ reason: (error as Error).name }, "JWT rejected");
         throw invalidCredentials();
       }
+    }
+
+    async function authenticateJwt(request: FastifyRequest, token: string): Promise<JwtAuthContext> {
+      const userId = await verifiedSubject(request, token);
       const organizationId = request.headers[ORGANIZATION_HEADER];
       if (typeof organizationId !== "string" || organizationId.length === 0 || organizationId.length > 255) {
         throw invalidAuthContext();
@@ -137,10 +185,7 @@ export default fp(
       };
     }
 
-    app.decorateRequest("auth", null);
-    app.addHook("onRequest", async (request, reply) => {
-      const required = request.routeOptions.config.auth;
-      if (required === undefined) return;
+    async function authenticate(request: FastifyRequest, reply: FastifyReply, required: RouteAuth): Promise<void> {
       const token = bearerToken(request);
       const looksLikeJwt = JWT_SHAPE.test(token);
       if (required === "jwt" || (required === "jwt_or_api_key" && looksLikeJwt)) {
@@ -156,6 +201,19 @@ export default fp(
         }
         options.onApiKeyUsed(auth.key, request);
       }
+    }
+
+    app.decorateRequest("auth", null);
+    // Each route that declares `config.auth` gets its own hook, bound when the route is added: public routes run
+    // none, and no request has to look its route's options up.
+    app.addHook("onRoute", (route) => {
+      const required = route.config?.auth;
+      if (required === undefined) return;
+      const hook = (request: FastifyRequest, reply: FastifyReply) => authenticate(request, reply, required);
+      route.onRequest = [
+        ...(Array.isArray(route.onRequest) ? route.onRequest : route.onRequest ? [route.onRequest] : []),
+        hook,
+      ];
     });
   },
   { name: "authentication" },

@@ -1,4 +1,4 @@
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
 import type { LogReaderLag } from "../../log-reader-lag";
 import {
@@ -19,16 +19,39 @@ export type MetricsOptions = {
 /** Times every request by route pattern and serves the process's registry at `GET /metrics` (Prometheus text). */
 export default fp(
   async (app: FastifyInstance, options: MetricsOptions) => {
+    // Labelled by the route pattern (`/api/api-keys/:name`), never the raw URL; requests no route matched share one
+    // label. Each route gets its own hook with its pattern and label children bound once, so a request costs one
+    // map lookup and one observation.
+    const observer = (method: string, route: string) => {
+      const byStatus = new Map<number, { observe(seconds: number): void }>();
+      return async (_request: FastifyRequest, reply: FastifyReply) => {
+        let child = byStatus.get(reply.statusCode);
+        if (child === undefined) {
+          child = httpRequestDuration.labels({ method, route, status_code: String(reply.statusCode) });
+          byStatus.set(reply.statusCode, child);
+        }
+        child.observe(reply.elapsedTime / 1000);
+      };
+    };
+    app.addHook("onRoute", (route) => {
+      const methods = Array.isArray(route.method) ? route.method : [route.method];
+      for (const method of methods) {
+        const observe = observer(method, route.url);
+        route.onResponse = [
+          ...(Array.isArray(route.onResponse) ? route.onResponse : route.onResponse ? [route.onResponse] : []),
+          (request, reply) => (request.method === method ? observe(request, reply) : Promise.resolve()),
+        ];
+      }
+    });
+    const unmatched = new Map<string, ReturnType<typeof observer>>();
     app.addHook("onResponse", async (request, reply) => {
-      httpRequestDuration.observe(
-        {
-          method: request.method,
-          // The pattern (`/api/api-keys/:name`), never the raw URL; requests no route matched share one label.
-          route: request.routeOptions.url ?? "unmatched",
-          status_code: String(reply.statusCode),
-        },
-        reply.elapsedTime / 1000,
-      );
+      if (!request.is404) return;
+      let observe = unmatched.get(request.method);
+      if (observe === undefined) {
+        observe = observer(request.method, "unmatched");
+        if (unmatched.size < 64) unmatched.set(request.method, observe);
+      }
+      await observe(request, reply);
     });
     if (options.cache) {
       const unregister = registerCacheStats(options.cache);

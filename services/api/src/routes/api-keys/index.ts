@@ -74,6 +74,7 @@ export default async function apiKeyRoutes(app: FastifyInstance, { db, commands 
             expiresAt: parsed.value.expiresAt,
           },
           context,
+          { role: auth.role, permissions: auth.memberPermissions },
         )
         .catch(asApiError);
       if (created.type !== "KeyCreated") throw new Error("create decided no KeyCreated");
