@@ -30,7 +30,7 @@ export type EventRelayOptions = {
   /** Fallback poll when no notification arrives (default 500 ms). */
   pollIntervalMs?: number;
   /**
-   * Least time between two reads of the log while it keeps growing (default 10 ms): commits of that time are
+   * Least time between two reads of the log while it keeps growing (default 25 ms): commits of that time are
    * published as one batch with one checkpoint write. The API's fast path publishes each command's events at once;
    * the relay is the guarantee.
    */
@@ -231,7 +231,7 @@ export class EventRelay {
       }
       if (acked < events.length) await this.pause(this.options.retryDelayMs ?? 500);
       else if (events.length < batchSize) {
-        const wait = (this.options.minBatchIntervalMs ?? 10) - (performance.now() - readAt);
+        const wait = (this.options.minBatchIntervalMs ?? 25) - (performance.now() - readAt);
         if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       }
     }

@@ -21,8 +21,9 @@ export type ProjectorOptions = {
   /** Fallback poll when no notification comes (ms). */
   pollIntervalMs?: number;
   /**
-   * Least time from the start of one pass to the start of the next (ms, default 10): under a stream of commits,
-   * the notifications of that time are handled by one pass (a batch) instead of one pass each.
+   * Least time from the start of one pass to the start of the next (ms, default 25): under a stream of commits,
+   * the notifications of that time are handled by one pass (a batch) instead of one pass each. Sealing trails
+   * commits by up to this much more.
    */
   minPassIntervalMs?: number;
   /** Retry delay while committed events wait for an older transaction before they can be sealed (ms). */
@@ -45,6 +46,9 @@ export type ProjectorPass = {
 };
 
 const silent: ProjectorLog = { info() {}, warn() {}, error() {} };
+
+/** While commits keep coming, inline projections' checkpoints are written at most this often. */
+const MARK_CURRENT_MIN_INTERVAL_MS = 100;
 
 /** Longest a pass spends on rebuild batches before it seals again. */
 const REBUILD_SLICE_MS = 500;
@@ -100,8 +104,10 @@ export class Projector {
     }
     // Inline projections' checkpoints move when this process sealed something (the log grew), or once per poll
     // interval: several projectors need not all update the same rows after every commit.
+    const sinceMarked = performance.now() - this.markedCurrentAt;
     const markCurrent =
-      pass.sealed > 0 || performance.now() - this.markedCurrentAt >= (this.options.pollIntervalMs ?? 1000);
+      (pass.sealed > 0 && sinceMarked >= MARK_CURRENT_MIN_INTERVAL_MS) ||
+      sinceMarked >= (this.options.pollIntervalMs ?? 1000);
     for (const projection of this.options.projections ?? PROJECTIONS) {
       const status = await loadProjectionStatus(this.options.db, projection.name);
       if (status?.status !== "rebuilding") {
@@ -136,7 +142,7 @@ export class Projector {
 
   private async loop(): Promise<void> {
     const poll = this.options.pollIntervalMs ?? 1000;
-    const minInterval = this.options.minPassIntervalMs ?? 10;
+    const minInterval = this.options.minPassIntervalMs ?? 25;
     while (!this.stopping) {
       const passStarted = performance.now();
       this.woken = false;

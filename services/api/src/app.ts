@@ -111,8 +111,9 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
   app.addSchema(PermissionSchema);
   app.addSchema(ErrorSchema);
-  app.addHook("onSend", async (request, reply) => {
+  app.addHook("onSend", (request, reply, payload, done) => {
     reply.header("x-request-id", request.id);
+    done(null, payload);
   });
   app.addHook("onClose", async () => {
     await usage.flush();

@@ -1,4 +1,4 @@
-import fastifyRateLimit, { normalizeIP } from "@fastify/rate-limit";
+import { normalizeIP } from "@fastify/rate-limit";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
 import { ApiError } from "../../http-errors";
@@ -23,18 +23,59 @@ export const TOO_MANY_REQUESTS = "ThrottlerException: Too Many Requests";
 /** Paths a blocked IP may still reach: probes come from the platform, not from the client being throttled. */
 const UNTHROTTLED_PATH = /^\/health\//;
 
-type Limiter = ReturnType<FastifyInstance["createRateLimit"]>;
 type Counted = { limit: number; remaining: number; resetSeconds: number; exceeded: boolean };
 
-async function count(limiter: Limiter, request: FastifyRequest, increment: boolean): Promise<Counted | null> {
-  const result = await limiter(request, { increment });
-  if (result.isAllowed) return null;
-  return {
-    limit: result.max,
-    remaining: result.remaining,
-    resetSeconds: result.ttlInSeconds,
-    exceeded: result.isExceeded,
-  };
+/**
+ * Fixed windows counted per key, in memory: a key's first hit starts its window of `ttlMs`, and hits within it are
+ * counted (`@fastify/rate-limit`'s local store behaves the same way). A request costs one map lookup. Bounded:
+ * once the map holds `maxKeys`, windows that have ended are swept, and if none had, the oldest are dropped (a key
+ * dropped early only gets a fresh budget).
+ */
+export class FixedWindowCounter {
+  private readonly windows = new Map<string, { count: number; resetAt: number }>();
+
+  constructor(
+    readonly limit: number,
+    private readonly ttlMs: number,
+    private readonly maxKeys = 100_000,
+  ) {}
+
+  /** Counts a hit of `key` (unless `increment` is false) and says where its window stands. */
+  hit(key: string, now: number, increment = true): Counted {
+    let window = this.windows.get(key);
+    if (window === undefined || window.resetAt <= now) {
+      if (!increment)
+        return {
+          limit: this.limit,
+          remaining: this.limit,
+          resetSeconds: Math.ceil(this.ttlMs / 1000),
+          exceeded: false,
+        };
+      if (window !== undefined) this.windows.delete(key);
+      else if (this.windows.size >= this.maxKeys) this.sweep(now);
+      window = { count: 0, resetAt: now + this.ttlMs };
+      this.windows.set(key, window);
+    }
+    if (increment) window.count += 1;
+    return {
+      limit: this.limit,
+      remaining: Math.max(0, this.limit - window.count),
+      resetSeconds: Math.max(0, Math.ceil((window.resetAt - now) / 1000)),
+      exceeded: window.count > this.limit,
+    };
+  }
+
+  get size(): number {
+    return this.windows.size;
+  }
+
+  private sweep(now: number): void {
+    for (const [key, window] of this.windows) if (window.resetAt <= now) this.windows.delete(key);
+    for (const key of this.windows.keys()) {
+      if (this.windows.size < this.maxKeys) break;
+      this.windows.delete(key);
+    }
+  }
 }
 
 /** Daytona's headers: `X-RateLimit-{Limit,Remaining,Reset}-<throttler>`, plus `Retry-After` on a 429. */
@@ -62,26 +103,20 @@ function tooManyRequests(counted: Counted): ApiError {
  */
 export default fp(
   async (app: FastifyInstance, settings: RateLimitSettings) => {
-    await app.register(fastifyRateLimit, { global: false });
-
     let recordFailure: OnAuthenticationFailed = async () => {};
     const failedAuth = settings.failedAuth;
     if (failedAuth !== null && failedAuth.limit > 0) {
-      const limiter = app.createRateLimit({
-        max: failedAuth.limit,
-        timeWindow: failedAuth.ttlSeconds * 1000,
-        keyGenerator: (request) => `failed-auth:${normalizeIP(request.ip)}`,
-      });
-      app.addHook("onRequest", async (request, reply) => {
-        if (UNTHROTTLED_PATH.test(request.url)) return;
-        const counted = await count(limiter, request, false);
-        if (counted === null || counted.remaining > 0) return;
+      const failures = new FixedWindowCounter(failedAuth.limit, failedAuth.ttlSeconds * 1000);
+      const clientOf = (request: FastifyRequest) => normalizeIP(request.ip);
+      app.addHook("onRequest", (request, reply, done) => {
+        if (UNTHROTTLED_PATH.test(request.url)) return done();
+        const counted = failures.hit(clientOf(request), Date.now(), false);
+        if (counted.remaining > 0) return done();
         setHeaders(reply, "failed-auth", counted);
-        throw tooManyRequests(counted);
+        done(tooManyRequests(counted));
       });
       recordFailure = async (request, reply) => {
-        const counted = await count(limiter, request, true);
-        if (counted === null) return;
+        const counted = failures.hit(clientOf(request), Date.now());
         setHeaders(reply, "failed-auth", counted);
         if (counted.remaining === 0) {
           request.log.warn({ ip: request.ip }, "failed-auth limit reached: client IP blocked until the window ends");
@@ -93,18 +128,12 @@ export default fp(
 
     const authenticated = settings.authenticated;
     if (authenticated !== null && authenticated.limit > 0) {
-      const limiter = app.createRateLimit({
-        max: authenticated.limit,
-        timeWindow: authenticated.ttlSeconds * 1000,
-        keyGenerator: (request) => `authenticated:${request.auth?.organizationId ?? ""}`,
-      });
-      // preParsing runs after every onRequest hook (so after authentication) and before the body is read.
-      app.addHook("preParsing", async (request, reply) => {
-        if (request.auth === null) return;
-        const counted = await count(limiter, request, true);
-        if (counted === null) return;
+      const requests = new FixedWindowCounter(authenticated.limit, authenticated.ttlSeconds * 1000);
+      app.addHook("preParsing", (request, reply, _payload, done) => {
+        if (request.auth === null) return done();
+        const counted = requests.hit(request.auth.organizationId, Date.now());
         setHeaders(reply, "authenticated", counted);
-        if (counted.exceeded) throw tooManyRequests(counted);
+        done(counted.exceeded ? tooManyRequests(counted) : undefined);
       });
     }
   },

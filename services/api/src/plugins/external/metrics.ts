@@ -24,13 +24,14 @@ export default fp(
     // map lookup and one observation.
     const observer = (method: string, route: string) => {
       const byStatus = new Map<number, { observe(seconds: number): void }>();
-      return async (_request: FastifyRequest, reply: FastifyReply) => {
+      return (_request: FastifyRequest, reply: FastifyReply, done: () => void) => {
         let child = byStatus.get(reply.statusCode);
         if (child === undefined) {
           child = httpRequestDuration.labels({ method, route, status_code: String(reply.statusCode) });
           byStatus.set(reply.statusCode, child);
         }
         child.observe(reply.elapsedTime / 1000);
+        done();
       };
     };
     app.addHook("onRoute", (route) => {
@@ -39,19 +40,19 @@ export default fp(
         const observe = observer(method, route.url);
         route.onResponse = [
           ...(Array.isArray(route.onResponse) ? route.onResponse : route.onResponse ? [route.onResponse] : []),
-          (request, reply) => (request.method === method ? observe(request, reply) : Promise.resolve()),
+          (request, reply, done) => (request.method === method ? observe(request, reply, done) : done()),
         ];
       }
     });
     const unmatched = new Map<string, ReturnType<typeof observer>>();
-    app.addHook("onResponse", async (request, reply) => {
-      if (!request.is404) return;
+    app.addHook("onResponse", (request, reply, done) => {
+      if (!request.is404) return done();
       let observe = unmatched.get(request.method);
       if (observe === undefined) {
         observe = observer(request.method, "unmatched");
         if (unmatched.size < 64) unmatched.set(request.method, observe);
       }
-      await observe(request, reply);
+      observe(request, reply, done);
     });
     if (options.cache) {
       const unregister = registerCacheStats(options.cache);
