@@ -92,8 +92,19 @@ export async function writeKeyHistory(db: Kysely<unknown>, options: KeyHistoryOp
           );
         }
         if (roll < 0.55) {
-          kind = "use";
-          return commands.recordKeyUse({ organizationId: org, userId: user, name }, 0, context(org, user));
+          if (roll < 0.5) {
+            kind = "use";
+            return commands.recordKeyUse({ organizationId: org, userId: user, name }, 0, context(org, user));
+          }
+          // Several of the user's keys in one batch, as the API's key-use recorder writes them.
+          kind = "use-batch";
+          return commands.recordKeyUses(
+            KEY_NAMES.filter(() => random() < 0.5).map((batchName) => ({
+              key: { organizationId: org, userId: user, name: batchName },
+              context: context(org, user),
+            })),
+            0,
+          );
         }
         if (roll < 0.7) {
           kind = "revoke";

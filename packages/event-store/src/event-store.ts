@@ -222,6 +222,102 @@ export async function readStream(
 }
 
 /**
+ * Reads several streams in one statement (one snapshot), like `readStream` for each: every requested stream is in
+ * the result, an unknown one at version 0 with no events.
+ */
+export async function readStreams(
+  db: Kysely<unknown>,
+  streamIds: readonly string[],
+  options: { skipTypes?: readonly string[] } = {},
+): Promise<Map<string, StreamRead>> {
+  const reads = new Map<string, StreamRead>();
+  if (streamIds.length === 0) return reads;
+  const skip = options.skipTypes ?? [];
+  const skipped = skip.length > 0 ? sql`AND e.event_type NOT IN (${sql.join([...skip])})` : sql``;
+  const result = await sql<
+    { [K in keyof EventRow]: EventRow[K] | null } & { wanted: string; last_version: number | null }
+  >`
+    WITH wanted AS (SELECT DISTINCT unnest(${[...streamIds]}::text[]) AS stream_id),
+         last AS (SELECT w.stream_id, (SELECT max(stream_version) FROM events v WHERE v.stream_id = w.stream_id) AS version
+                    FROM wanted w)
+    SELECT last.stream_id AS wanted, last.version AS last_version, e.global_position, e.transaction_id, e.event_id,
+           e.stream_id, e.stream_version, e.event_type, e.data, e.metadata, e.occurred_at
+      FROM last LEFT JOIN events e ON e.stream_id = last.stream_id ${skipped}
+     ORDER BY last.stream_id, e.stream_version`.execute(db);
+  for (const row of result.rows) {
+    let read = reads.get(row.wanted);
+    if (read === undefined) {
+      read = { version: Number(row.last_version ?? 0), events: [] };
+      reads.set(row.wanted, read);
+    }
+    if (row.event_id !== null) read.events.push(toRecordedEvent(row as EventRow));
+  }
+  return reads;
+}
+
+/** One stream's part of `appendToStreams`. */
+export type StreamAppend = {
+  streamId: string;
+  expectedVersion: number;
+  events: readonly KeyledgerEvent[];
+  metadata: EventMetadata;
+  occurredAt: Date;
+};
+
+/**
+ * Appends to several streams in the caller's transaction with two statements, whatever their number: one checks
+ * that every stream has reached its expected version, one inserts every event. A concurrent append to any of them
+ * throws `StreamVersionConflict` (the transaction is then unusable: retry it whole with fresh state).
+ */
+export async function appendToStreams(
+  trx: Kysely<unknown>,
+  appends: readonly StreamAppend[],
+): Promise<RecordedEvent[]> {
+  const rows = appends.flatMap((append) =>
+    append.events.map((event, i) => ({
+      event_id: randomUUID(),
+      stream_id: append.streamId,
+      stream_version: append.expectedVersion + i + 1,
+      event_type: event.type,
+      data: event.data,
+      metadata: append.metadata,
+      occurred_at: append.occurredAt.toISOString(),
+    })),
+  );
+  if (rows.length === 0) return [];
+  const reached = appends.filter((append) => append.expectedVersion > 0 && append.events.length > 0);
+  if (reached.length > 0) {
+    const found = await sql<{ n: string }>`
+      SELECT count(*)::text AS n FROM events e
+        JOIN unnest(${reached.map((a) => a.streamId)}::text[], ${reached.map((a) => a.expectedVersion)}::int[])
+             AS x(stream_id, stream_version)
+          ON e.stream_id = x.stream_id AND e.stream_version = x.stream_version`.execute(trx);
+    if (Number(found.rows[0]?.n ?? 0) !== reached.length) {
+      const first = reached[0] as StreamAppend;
+      throw new StreamVersionConflict(first.streamId);
+    }
+  }
+  try {
+    const inserted = await sql<EventRow>`
+      INSERT INTO events (event_id, stream_id, stream_version, event_type, data, metadata, occurred_at)
+      SELECT v.event_id, v.stream_id, v.stream_version, v.event_type, v.data, v.metadata, v.occurred_at
+        FROM jsonb_array_elements(${JSON.stringify(rows)}::jsonb) WITH ORDINALITY AS a(doc, n)
+             CROSS JOIN LATERAL jsonb_to_record(a.doc)
+             AS v(event_id uuid, stream_id text, stream_version integer, event_type text, data jsonb, metadata jsonb,
+                  occurred_at timestamptz)
+       ORDER BY a.n
+      RETURNING global_position, transaction_id, event_id, stream_id, stream_version, event_type, data, metadata,
+                occurred_at`.execute(trx);
+    const byId = new Map(inserted.rows.map((row) => [row.event_id, toRecordedEvent(row)]));
+    return rows.map((row) => byId.get(row.event_id) as RecordedEvent);
+  } catch (error) {
+    const streamId = appends[0]?.streamId ?? "";
+    if (isUniqueViolationOn(error, "events_stream_version_unique")) throw new StreamVersionConflict(streamId);
+    throw error;
+  }
+}
+
+/**
  * Reads the whole log after `checkpoint`, in commit-safe order: only events of transactions older than every
  * transaction still running, ordered by (transaction id, global position). An event whose transaction commits
  * after a higher position was read is therefore still returned later, never skipped.

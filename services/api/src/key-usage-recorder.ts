@@ -1,40 +1,73 @@
 import type { FastifyBaseLogger } from "fastify";
-import type { KeyCommands } from "./commands/key-commands";
+import type { CommandContext, KeyCommands } from "./commands/key-commands";
 import type { ApiKeyRow } from "./read-model-queries";
+
+/** Longest a use waits before its batch is written. */
+const DEFAULT_BATCH_WINDOW_MS = 50;
+/** Most uses written in one transaction. */
+const MAX_BATCH = 500;
+
+type PendingUse = { key: { organizationId: string; userId: string; name: string }; context: CommandContext };
 
 /**
  * Records successful API-key uses as `KeyUsed`, off the request path, at most once per key per throttle window.
- * The domain decides the throttle (so replicas agree); this only avoids asking when the answer is known.
+ * Uses are collected for up to `batchWindowMs` and written together (`recordKeyUses`: one transaction with a fixed
+ * number of statements), so a stream of first uses (a gateway's cold cache, many keys) costs the database a few
+ * statements per batch rather than a transaction per key. The domain decides the throttle (so replicas agree);
+ * this only avoids asking when the answer is known.
  */
 export class KeyUsageRecorder {
-  private readonly inFlight = new Map<string, Promise<void>>();
+  /** Keys waiting for the next batch, by key id: the first use in a window is the one the throttle keeps. */
+  private queued = new Map<string, PendingUse>();
+  /** Keys in the batch being written. */
+  private writing = new Set<string>();
+  private timer: NodeJS.Timeout | undefined;
+  private inFlight: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly commands: KeyCommands,
     private readonly throttleMs: number,
     private readonly log: FastifyBaseLogger,
+    private readonly batchWindowMs = DEFAULT_BATCH_WINDOW_MS,
   ) {}
 
   record(key: ApiKeyRow, requestId: string | null): void {
     const now = new Date();
     if (key.last_used_at !== null && now.getTime() - key.last_used_at.getTime() < this.throttleMs) return;
-    if (this.inFlight.has(key.key_id)) return;
-    const pending = this.commands
-      .recordKeyUse({ organizationId: key.organization_id, userId: key.user_id, name: key.name }, this.throttleMs, {
+    if (this.queued.has(key.key_id) || this.writing.has(key.key_id)) return;
+    this.queued.set(key.key_id, {
+      key: { organizationId: key.organization_id, userId: key.user_id, name: key.name },
+      context: {
         now,
         metadata: { actorUserId: key.user_id, organizationId: key.organization_id, authMethod: "api_key", requestId },
-      })
-      .then(
-        () => undefined,
-        (error: unknown) =>
-          this.log.warn({ err: error, keyId: key.key_id, reqId: requestId }, "could not record key use"),
-      )
-      .finally(() => this.inFlight.delete(key.key_id));
-    this.inFlight.set(key.key_id, pending);
+      },
+    });
+    if (this.queued.size >= MAX_BATCH) this.writeBatch();
+    else this.timer ??= setTimeout(() => this.writeBatch(), this.batchWindowMs);
   }
 
-  /** Waits for every pending `KeyUsed` append (used on shutdown). */
+  private writeBatch(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.queued.size === 0) return;
+    const batch = this.queued;
+    this.queued = new Map();
+    for (const keyId of batch.keys()) this.writing.add(keyId);
+    // One batch at a time: the next waits for this one, so a key is never in two transactions at once.
+    this.inFlight = this.inFlight.then(async () => {
+      try {
+        await this.commands.recordKeyUses([...batch.values()], this.throttleMs);
+      } catch (error) {
+        this.log.warn({ err: error, keys: batch.size }, "could not record key uses");
+      } finally {
+        for (const keyId of batch.keys()) this.writing.delete(keyId);
+      }
+    });
+  }
+
+  /** Writes what is queued and waits for every pending `KeyUsed` append (used on shutdown). */
   async flush(): Promise<void> {
-    await Promise.allSettled([...this.inFlight.values()]);
+    this.writeBatch();
+    await this.inFlight;
   }
 }

@@ -11,6 +11,7 @@ import {
   type KeyEvent,
   type KeyledgerEvent,
   type KeyRotated,
+  type KeyUsed,
   keyStreamId,
   type MemberCommand,
   type MemberRole,
@@ -24,11 +25,19 @@ import {
   APPENDED_CTE,
   appendToStream,
   appendToStreamInOneStatement,
+  appendToStreams,
   type RecordedEvent,
   readStream,
+  readStreams,
+  type StreamAppend,
   StreamVersionConflict,
 } from "@keyledger/event-store";
-import { applyToReadModel, createOnlyReadModelWrites, type ReadModelTables } from "@keyledger/projections";
+import {
+  applyEventsToReadModel,
+  applyToReadModel,
+  createOnlyReadModelWrites,
+  type ReadModelTables,
+} from "@keyledger/projections";
 import { type Kysely, sql } from "kysely";
 import { invalidAuthContext } from "../http-errors";
 import { findMember } from "../read-model-queries";
@@ -67,6 +76,17 @@ async function loadApiKey(
     if (lastUse && "usedAt" in lastUse) state = evolveApiKey(state, { type: "KeyUsed", data: lastUse });
   }
   return { state, version };
+}
+
+/** The data of each stream's last `KeyUsed` (one statement; an index scan per stream). */
+async function lastKeyUses(trx: Db, streamIds: readonly string[]): Promise<Map<string, KeyUsed["data"]>> {
+  const result = await sql<{ stream_id: string; data: KeyUsed["data"] }>`
+    SELECT w.stream_id, u.data
+      FROM unnest(${[...new Set(streamIds)]}::text[]) AS w(stream_id)
+      JOIN LATERAL (SELECT data FROM events e
+                     WHERE e.stream_id = w.stream_id AND e.event_type = 'KeyUsed'
+                     ORDER BY e.stream_version DESC LIMIT 1) u ON true`.execute(trx);
+  return new Map(result.rows.map((row) => [row.stream_id, row.data]));
 }
 
 async function loadMember(trx: Db, streamId: string): Promise<{ state: MemberState; version: number }> {
@@ -259,6 +279,44 @@ export class KeyCommands {
         context,
       );
       return events.length > 0;
+    });
+  }
+
+  /**
+   * Records many keys' uses in one transaction (a fixed number of statements, whatever their number): each key's
+   * stream and last `KeyUsed` are read, the domain decides each use (throttle, expiry, revoked), and the resulting
+   * `KeyUsed` events are appended together with their read-model changes. Returns how many were appended.
+   */
+  recordKeyUses(
+    uses: readonly { key: { organizationId: string; userId: string; name: string }; context: CommandContext }[],
+    throttleMs: number,
+  ): Promise<number> {
+    return this.run(async (trx, appended) => {
+      const streamIds = uses.map(({ key }) => keyStreamId(key.organizationId, key.userId, key.name));
+      const reads = await readStreams(trx, streamIds, { skipTypes: ["KeyUsed"] });
+      const lastUses = await lastKeyUses(trx, streamIds);
+      const appends: StreamAppend[] = [];
+      uses.forEach(({ context }, i) => {
+        const streamId = streamIds[i] as string;
+        const read = reads.get(streamId) ?? { version: 0, events: [] };
+        let state = read.events.reduce((s, e) => evolveApiKey(s, e as KeyEvent), initialApiKeyState);
+        const lastUse = lastUses.get(streamId);
+        if (lastUse && state.status !== "absent") state = evolveApiKey(state, { type: "KeyUsed", data: lastUse });
+        const events = decideApiKey({ type: "RecordKeyUse", data: { usedAt: context.now, throttleMs } }, state);
+        if (events.length > 0 && !appends.some((a) => a.streamId === streamId)) {
+          appends.push({
+            streamId,
+            expectedVersion: read.version,
+            events,
+            metadata: context.metadata,
+            occurredAt: context.now,
+          });
+        }
+      });
+      const recorded = await appendToStreams(trx, appends);
+      await applyEventsToReadModel(trx, recorded);
+      appended.push(...recorded);
+      return recorded.length;
     });
   }
 

@@ -5,7 +5,7 @@ import type { Kysely } from "kysely";
 import type { KeyCommands } from "../../commands/key-commands";
 import { ApiError, apiKeyNotFound } from "../../http-errors";
 import { requireApiKey, requireJwt } from "../../plugins/app/authentication";
-import { type ApiKeyRow, findLiveApiKey, listLiveApiKeys } from "../../read-model-queries";
+import { type ApiKeyRow, findLiveApiKey, listLiveApiKeysJson } from "../../read-model-queries";
 import { asApiError, jwtCommandContext } from "./domain-errors";
 import {
   type ApiKeyListItem,
@@ -105,10 +105,10 @@ export default async function apiKeyRoutes(app: FastifyInstance, { db, commands 
         },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const auth = requireJwt(request);
-      const rows = await listLiveApiKeys(db, auth.organizationId, auth.role === "owner" ? undefined : auth.userId);
-      return rows.map(toApiKeyListItem);
+      const body = await listLiveApiKeysJson(db, auth.organizationId, auth.role === "owner" ? undefined : auth.userId);
+      return reply.type("application/json; charset=utf-8").send(body);
     },
   );
 
