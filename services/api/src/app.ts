@@ -15,6 +15,7 @@ import rateLimits, { type RateLimitSettings } from "./plugins/app/rate-limits";
 import errorHandler, { clientErrorHandler, frameworkErrorHandler } from "./plugins/external/error-handler";
 import metrics from "./plugins/external/metrics";
 import openapi from "./plugins/external/openapi";
+import { lazyChildLoggerFactory } from "./request-logger";
 import apiKeyEventRoutes from "./routes/api-key-events/index";
 import apiKeyRoutes from "./routes/api-keys/index";
 import apiKeyRotationRoutes from "./routes/api-keys/rotation";
@@ -66,6 +67,7 @@ function trustHops(hops: number) {
 export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
     logger: withSecretSafeSerializers(options.logger),
+    childLoggerFactory: lazyChildLoggerFactory,
     bodyLimit: options.bodyLimitBytes,
     trustProxy: typeof options.trustProxy === "number" ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
     frameworkErrors: frameworkErrorHandler,

@@ -30,9 +30,13 @@ export const apiKeyVerifications = new Counter({
 });
 for (const outcome of API_KEY_VERIFICATION_OUTCOMES) apiKeyVerifications.inc({ outcome }, 0);
 
+const verificationsByOutcome = new Map(
+  API_KEY_VERIFICATION_OUTCOMES.map((outcome) => [outcome, apiKeyVerifications.labels({ outcome })]),
+);
+
 /** Counts one API-key verification. */
 export function recordApiKeyVerification(outcome: ApiKeyVerificationOutcome): void {
-  apiKeyVerifications.inc({ outcome });
+  verificationsByOutcome.get(outcome)?.inc();
 }
 
 /** Something that keeps cache counters (the API-key verifier's `stats`). */

@@ -107,7 +107,8 @@ export default fp(
     const failedAuth = settings.failedAuth;
     if (failedAuth !== null && failedAuth.limit > 0) {
       const failures = new FixedWindowCounter(failedAuth.limit, failedAuth.ttlSeconds * 1000);
-      const clientOf = (request: FastifyRequest) => normalizeIP(request.ip);
+      // IPv6 clients are counted per /64 (normalizeIP); an IPv4 address is its own key.
+      const clientOf = (request: FastifyRequest) => (request.ip.includes(":") ? normalizeIP(request.ip) : request.ip);
       app.addHook("onRequest", (request, reply, done) => {
         if (UNTHROTTLED_PATH.test(request.url)) return done();
         const counted = failures.hit(clientOf(request), Date.now(), false);

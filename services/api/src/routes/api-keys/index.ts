@@ -37,6 +37,20 @@ export function toApiKeyListItem(row: ApiKeyRow): ApiKeyListItem {
   };
 }
 
+/**
+ * `GET /api/api-keys/current`'s body, serialized once per cached row and presented value: the verifier keeps the
+ * row while nothing changes it (a change, `KeyUsed` included, replaces the row), and the same caller asks again and
+ * again. During a rotation grace period the old value expires when its grace ends: that is reported, not the key's.
+ */
+const currentKeyBodies = new WeakMap<ApiKeyRow, { keyHash: string; body: string }>();
+function currentKeyBody(row: ApiKeyRow, keyHash: string, validUntil: Date | null): string {
+  const memo = currentKeyBodies.get(row);
+  if (memo !== undefined && memo.keyHash === keyHash) return memo.body;
+  const body = JSON.stringify({ ...toApiKeyListItem(row), expiresAt: validUntil ? validUntil.toISOString() : null });
+  currentKeyBodies.set(row, { keyHash, body });
+  return body;
+}
+
 /** The six Daytona API-key operations. */
 export default async function apiKeyRoutes(app: FastifyInstance, { db, commands }: ApiKeyRoutesOptions) {
   app.post(
@@ -125,10 +139,11 @@ export default async function apiKeyRoutes(app: FastifyInstance, { db, commands 
         response: { 200: { ...ApiKeyListSchema, description: "API key retrieved successfully." }, ...errorResponses },
       },
     },
-    async (request) => {
+    async (request, reply) => {
       const auth = requireApiKey(request);
-      // During a rotation grace period the old value expires when its grace ends: report that, not the key's.
-      return { ...toApiKeyListItem(auth.key), expiresAt: auth.validUntil ? auth.validUntil.toISOString() : null };
+      return reply
+        .type("application/json; charset=utf-8")
+        .send(currentKeyBody(auth.key, auth.keyHash, auth.validUntil));
     },
   );
 
