@@ -139,4 +139,29 @@ describe("two API processes: a revocation through one is enforced by the other",
         "one test run, not a benchmark)",
     );
   });
+
+  it("a member removed through the first loses access on the second, which had their membership cached", async () => {
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    const setMember = (method: "PUT" | "DELETE") =>
+      fetch(`${first.url}/internal/organizations/${org}/members/${user}`, {
+        method,
+        headers: { authorization: `Bearer ${INTERNAL_TOKEN}`, "content-type": "application/json" },
+        body: method === "PUT" ? JSON.stringify({ role: "member", permissions: ["write:sandboxes"] }) : undefined,
+      });
+    expect((await setMember("PUT")).status).toBe(204);
+    const headers = { authorization: `Bearer ${await issuer.token({ sub: user })}`, "x-daytona-organization-id": org };
+    const list = (api: ApiProcess) => fetch(`${api.url}/api/api-keys`, { headers });
+    // The first answers from the database and caches; so does the second once the grant has reached it.
+    expect((await list(first)).status).toBe(200);
+    await until(async () => ((await list(second)).status === 200 ? true : undefined), "the second to see the grant");
+    expect((await list(second)).status).toBe(200);
+
+    expect((await setMember("DELETE")).status).toBe(204);
+    expect((await list(first)).status).toBe(403);
+    await until(async () => ((await list(second)).status === 403 ? true : undefined), "the second to refuse");
+    const refused = await list(second);
+    expect(refused.status).toBe(403);
+    expect(await refused.json()).toMatchObject({ statusCode: 403, message: "Invalid authentication context" });
+  });
 });

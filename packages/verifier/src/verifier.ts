@@ -39,6 +39,11 @@ export type VerifierOptions<K extends VerifiedKey = VerifiedKey> = {
    * event drops it. Gateways leave it out (a use changes nothing they cache).
    */
   keyIdOf?: (key: K) => string;
+  /**
+   * Called with every event the subscription delivers, after the verifier applied it (the API invalidates its
+   * membership cache with it).
+   */
+  onEvent?: (event: InvalidatingEvent) => void;
   /** Client name on the NATS server. */
   name?: string;
   log?: BusLogger;
@@ -128,6 +133,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
   /** Ids of events applied lately: the fast path and the relay both publish each event; apply it once. */
   private readonly recentEventIds = new Set<string>();
   private readonly keyIdOf: ((key: K) => string) | undefined;
+  private readonly onEvent: ((event: InvalidatingEvent) => void) | undefined;
   private readonly inFlight = new Map<string, Flight<K>>();
   private readonly lookup: KeyLookup<K>;
   private readonly maxEntries: number;
@@ -156,6 +162,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     this.negativeTtlMs = Math.min(options.cache?.negativeTtlMs ?? 2_000, this.ttlMs);
     this.reportIntervalMs = options.keyUseReports?.intervalMs ?? 1_000;
     this.keyIdOf = options.keyIdOf;
+    this.onEvent = options.onEvent;
     if (options.natsUrl) {
       const prefix = options.subjectPrefix ?? DEFAULT_SUBJECT_PREFIX;
       this.link = new NatsLink({ servers: options.natsUrl, name: options.name ?? "keyledger-verifier", log: this.log });
@@ -382,7 +389,9 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
         callback: (error, msg) => {
           if (error) return;
           const event = decodeEventMessage(msg.data);
-          if (event !== undefined) this.applyEvent(event);
+          if (event === undefined) return;
+          this.applyEvent(event);
+          this.onEvent?.(event);
         },
       });
     }

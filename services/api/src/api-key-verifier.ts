@@ -1,6 +1,7 @@
 import type { BusLogger } from "@keyledger/nats-bus";
 import {
   createVerifier,
+  type InvalidatingEvent,
   type LookupResult,
   type VerifiedKey,
   type Verifier,
@@ -56,6 +57,8 @@ export type ApiKeyVerifierOptions = {
   subjectPrefix: string | undefined;
   cache: VerifierCacheOptions | undefined;
   log: BusLogger;
+  /** Every event the subscription delivers (the membership cache listens). */
+  onEvent?: (event: InvalidatingEvent) => void;
 };
 
 /** The API's in-process verifier: the gateways' verifier with a database lookup instead of HTTP. */
@@ -69,5 +72,6 @@ export function createApiKeyVerifier(db: Kysely<unknown>, options: ApiKeyVerifie
     keyIdOf: (key) => key.row.key_id,
     name: "keyledger-api-verifier",
     log: options.log,
+    onEvent: options.onEvent,
   });
 }

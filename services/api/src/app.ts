@@ -10,6 +10,7 @@ import { ApiEventBus, type EventBusOptions } from "./event-bus";
 import { KeyUsageRecorder } from "./key-usage-recorder";
 import { recordReportedKeyUses } from "./key-use-reports";
 import { measureLogReaderLag } from "./log-reader-lag";
+import { MemberCache } from "./member-cache";
 import authentication from "./plugins/app/authentication";
 import rateLimits, { type RateLimitSettings } from "./plugins/app/rate-limits";
 import errorHandler, { clientErrorHandler, frameworkErrorHandler } from "./plugins/external/error-handler";
@@ -82,16 +83,22 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   const eventBus = options.nats ? new ApiEventBus(options.nats, options.db, app.log) : undefined;
+  let members: MemberCache | undefined;
   const verifier: ApiKeyVerifier = createApiKeyVerifier(options.db, {
     natsUrl: options.nats?.url,
     subjectPrefix: options.nats?.subjectPrefix,
     cache: options.nats?.verifierCache,
     log: app.log,
+    onEvent: (event) => members?.applyEvent(event),
   });
+  members = new MemberCache(options.db, verifier);
   app.decorate("apiKeyVerifier", verifier);
   app.decorate("eventBus", eventBus);
   const commands = new KeyCommands(options.db, (events) => {
-    for (const event of events) verifier.applyEvent(event);
+    for (const event of events) {
+      verifier.applyEvent(event);
+      members?.applyEvent(event);
+    }
     eventBus?.publishCommitted(events);
     options.onCommitted?.(events);
   });
@@ -137,6 +144,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     oidc,
     onApiKeyUsed: (key, request) => usage.record(key, request.id),
     verifier,
+    members,
   });
   await app.register(healthRoutes, {
     db: options.db,

@@ -6,8 +6,9 @@ import { createLocalJWKSet, createRemoteJWKSet, type JSONWebKeySet, type JWTVeri
 import type { Kysely } from "kysely";
 import type { ApiKeyVerifier } from "../../api-key-verifier";
 import { ApiError, invalidAuthContext, invalidCredentials } from "../../http-errors";
+import type { MemberCache } from "../../member-cache";
 import { type ApiKeyVerificationOutcome, recordApiKeyVerification } from "../../metrics";
-import { type ApiKeyRow, findMember } from "../../read-model-queries";
+import type { ApiKeyRow } from "../../read-model-queries";
 
 export type JwtAuthContext = {
   method: "jwt";
@@ -53,6 +54,8 @@ export type AuthenticationOptions = {
    * by every replica's events; `Cache-Control: no-cache` (sent by gateways on their misses) reads the database.
    */
   verifier: ApiKeyVerifier;
+  /** Memberships (cached while the event feed is live). */
+  members: Pick<MemberCache, "find">;
 };
 
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
@@ -154,7 +157,7 @@ export default fp(
       if (typeof organizationId !== "string" || organizationId.length === 0 || organizationId.length > 255) {
         throw invalidAuthContext();
       }
-      const member = await findMember(options.db, organizationId, userId);
+      const member = await options.members.find(organizationId, userId);
       if (!member) throw invalidAuthContext();
       return {
         method: "jwt",
