@@ -1,6 +1,6 @@
 import type { KeyledgerEvent } from "@keyledger/domain";
 import type { Kysely } from "kysely";
-import { applyEventsToReadModel } from "./read-model-projection";
+import { applyEventsToReadModel, type KnownRows } from "./read-model-projection";
 
 /** A projection of the log into tables that `rebuild` can drop and recompute. */
 export type ProjectionDefinition = {
@@ -13,8 +13,11 @@ export type ProjectionDefinition = {
    * to the live tables.
    */
   inline: boolean;
-  /** Applies a page of events in order, in `trx` (unqualified table names: rebuilds use shadow tables). */
-  apply(trx: Kysely<unknown>, events: readonly KeyledgerEvent[]): Promise<void>;
+  /**
+   * Applies a page of events in order, in `trx` (unqualified table names: rebuilds use shadow tables). `known`: rows
+   * the caller knows the tables to hold (a rebuild's, between its batches), read from there instead of the tables.
+   */
+  apply(trx: Kysely<unknown>, events: readonly KeyledgerEvent[], known?: KnownRows): Promise<void>;
 };
 
 /** The read model the API serves from: keys and the memberships they are authorized against. */

@@ -2,7 +2,7 @@ import { sealPending } from "@keyledger/audit-log";
 import type { Kysely } from "kysely";
 import type { NotificationSource } from "./notifications";
 import { PROJECTIONS, type ProjectionDefinition } from "./projection-registry";
-import { loadProjectionStatus, markProjectionCurrent, type PrefetchedPage, rebuildStep } from "./rebuild";
+import { loadProjectionStatus, markProjectionCurrent, type RebuildCarry, rebuildStep } from "./rebuild";
 
 /** Channel appends notify on commit (`notifyAppended` in the event store). */
 export const EVENTS_CHANNEL = "keyledger_events";
@@ -118,13 +118,13 @@ export class Projector {
         continue;
       }
       const started = performance.now();
-      let prefetched: PrefetchedPage | undefined;
+      let carry: RebuildCarry | undefined;
       while (!this.stopping && performance.now() - started < REBUILD_SLICE_MS) {
         const step = await rebuildStep(this.options.db, projection, {
           batchSize: this.options.rebuildBatchSize,
-          prefetched,
+          carry,
         });
-        prefetched = step.kind === "applied" ? step.next : undefined;
+        carry = step.kind === "applied" || step.kind === "next-tier" ? step.carry : undefined;
         if (step.kind === "applied") pass.rebuildEvents += step.events;
         else if (step.kind === "swapped") {
           pass.swapped.push(projection.name);

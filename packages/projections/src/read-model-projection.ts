@@ -155,8 +155,15 @@ export function readModelChange(event: KeyledgerEvent): RowChange {
   }
 }
 
+/**
+ * A row's primary key as a map key. Columns are joined with NUL, which no Postgres text value can contain, so
+ * distinct keys never collide.
+ */
 function keyOf(table: ReadModelTable, row: Row): string {
-  return JSON.stringify(table.primaryKey.map((column) => row[column]));
+  const [first, ...rest] = table.primaryKey;
+  let key = String(row[first as string]);
+  for (const column of rest) key += `\u0000${String(row[column])}`;
+  return key;
 }
 
 /** Rows of a read model held in memory: table name → primary key → row. */
@@ -179,80 +186,245 @@ export function foldReadModel(state: ReadModelState, events: Iterable<KeyledgerE
   return state;
 }
 
-const pkSelect = (table: ReadModelTable, alias: string) =>
-  sql.join(table.primaryKey.map((column) => sql.ref(`${alias}.${column}`)));
+/**
+ * Rows a caller knows the tables to hold, kept across transactions: a rebuild's shadow tables, which only the
+ * process holding the rebuild's lock writes. `applyEventsToReadModel` reads rows from here instead of from the
+ * table, and `stage`s the rows it writes; the caller `commit`s them once its transaction has committed (and drops
+ * the whole object if it did not). When `complete` (it was started on empty tables and has seen every write since),
+ * a key it does not hold is absent from the table; otherwise such a key is loaded. Past `maxRows` rows it forgets
+ * them all and stops being complete, to bound memory.
+ */
+export class KnownRows {
+  private readonly tables = new Map<string, Map<string, Row | null>>();
+  private staged = new Map<string, Map<string, Row | null>>();
+  private size = 0;
 
-/** `jsonb_populate_recordset(NULL::<table>, $rows)`: rows as JSON, typed by the table's own row type. */
-const recordset = (table: ReadModelTable, rows: Row[]) =>
-  sql`jsonb_populate_recordset(NULL::${sql.id(table.name)}, ${JSON.stringify(rows)}::jsonb)`;
+  constructor(
+    public complete: boolean,
+    private readonly maxRows = 250_000,
+  ) {}
+
+  /** The row (`undefined`: absent), or `UNKNOWN` when it has to be read from the table. */
+  get(table: ReadModelTable, key: string): Row | undefined | typeof UNKNOWN {
+    const row = this.tables.get(table.name)?.get(key);
+    if (row === undefined) return this.complete ? undefined : UNKNOWN;
+    return row ?? undefined;
+  }
+
+  /** Records what the open transaction writes (or read): visible to `get` only after `commit`. */
+  stage(table: ReadModelTable, key: string, row: Row | undefined): void {
+    let rows = this.staged.get(table.name);
+    if (!rows) {
+      rows = new Map();
+      this.staged.set(table.name, rows);
+    }
+    rows.set(key, row ?? null);
+  }
+
+  /** The transaction that wrote the staged rows did not commit. */
+  rollback(): void {
+    this.staged.clear();
+  }
+
+  /** The transaction that wrote the staged rows has committed. */
+  commit(): void {
+    for (const [table, staged] of this.staged) {
+      let rows = this.tables.get(table);
+      if (!rows) {
+        rows = new Map();
+        this.tables.set(table, rows);
+      }
+      const before = rows.size;
+      for (const [key, row] of staged) rows.set(key, row);
+      this.size += rows.size - before;
+    }
+    this.staged.clear();
+    if (this.size > this.maxRows) {
+      this.tables.clear();
+      this.size = 0;
+      this.complete = false;
+    }
+  }
+}
+
+export const UNKNOWN: unique symbol = Symbol("unknown row");
+
+type Touched = { key: Row; original: Row | undefined; current: Row | undefined };
+
+/** Per table name: its columns' SQL types (`format_type`), looked up once per process. */
+const columnTypes = new Map<string, Map<string, string>>();
+
+async function typesOf(trx: Kysely<unknown>, table: ReadModelTable): Promise<Map<string, string>> {
+  const known = columnTypes.get(table.name);
+  if (known) return known;
+  const result = await sql<{ name: string; type: string }>`
+    SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute
+     WHERE attrelid = ${table.name}::regclass AND attnum > 0 AND NOT attisdropped`.execute(trx);
+  const types = new Map(result.rows.map((r) => [r.name, r.type]));
+  columnTypes.set(table.name, types);
+  return types;
+}
+
+/** A value as Postgres text input (arrays as array literals; `null` is NULL). */
+function asText(value: unknown): string | null {
+  if (value === null || value === undefined) return null;
+  if (typeof value === "string") return value;
+  if (value instanceof Date) return value.toISOString();
+  if (Array.isArray(value)) return arrayLiteral(value);
+  if (typeof value === "object") return JSON.stringify(value);
+  return String(value);
+}
+
+const NEEDS_ESCAPE = /["\\]/;
+
+/** A Postgres array literal of `values` as text (each element quoted; `null` is NULL). */
+function arrayLiteral(values: readonly unknown[]): string {
+  let literal = "{";
+  for (let i = 0; i < values.length; i++) {
+    if (i > 0) literal += ",";
+    const text = asText(values[i]);
+    if (text === null) literal += "NULL";
+    else if (NEEDS_ESCAPE.test(text)) literal += `"${text.replace(/["\\]/g, "\\$&")}"`;
+    else literal += `"${text}"`;
+  }
+  return `${literal}}`;
+}
+
+/**
+ * `unnest($1::text[], …) AS k(columns)`: the rows as one text array literal per column (a few parameters, however
+ * many rows), and the columns of `k` cast to the table's types.
+ */
+function rowsAsTable(table: ReadModelTable, types: Map<string, string>, columns: string[], rows: Row[]) {
+  const arrays = columns.map((column) => sql`${arrayLiteral(rows.map((row) => row[column]))}::text[]`);
+  const unnest = sql`unnest(${sql.join(arrays)}) AS k(${sql.join(columns.map((c) => sql.id(c)))})`;
+  const typed = (column: string) => {
+    const type = types.get(column);
+    if (type === undefined) throw new Error(`${table.name} has no column ${column}`);
+    return sql`${sql.ref(`k.${column}`)}::${sql.raw(type)}`;
+  };
+  return { unnest, typed };
+}
 
 /**
  * Applies events, in order, to the read model in `trx` — the inline path (a command's events) and rebuilds (pages
- * of the log) alike. Loads every row the events touch (locked), folds the events over them in memory with
- * `readModelChange`, then writes the rows that changed: deletes, then updates, then inserts, a statement each per
- * table. Unqualified table names: a rebuild points `search_path` at its shadow tables.
+ * of the log) alike. Loads every row the events touch (locked) that `known` does not hold, folds the events over
+ * them in memory with `readModelChange`, then writes the rows that changed: deletes, then updates, then inserts, a
+ * statement each per table. Unqualified table names: a rebuild points `search_path` at its shadow tables.
  */
-export async function applyEventsToReadModel(trx: Kysely<unknown>, events: readonly KeyledgerEvent[]): Promise<void> {
+export async function applyEventsToReadModel(
+  trx: Kysely<unknown>,
+  events: readonly KeyledgerEvent[],
+  known?: KnownRows,
+): Promise<void> {
   if (events.length === 0) return;
   const changes = events.map(readModelChange);
-  const touched = new Map<ReadModelTable, Map<string, { key: Row; original: Row | undefined; current?: Row }>>();
-  for (const change of changes) {
+  const keys: string[] = new Array(changes.length);
+  const touched = new Map<ReadModelTable, Map<string, Touched>>();
+  const unknown = new Map<ReadModelTable, Touched[]>();
+  for (let i = 0; i < changes.length; i++) {
+    const change = changes[i] as RowChange;
     let rows = touched.get(change.table);
     if (!rows) {
       rows = new Map();
       touched.set(change.table, rows);
     }
     const key = keyOf(change.table, change.key);
-    if (!rows.has(key)) rows.set(key, { key: change.key, original: undefined });
+    keys[i] = key;
+    if (rows.has(key)) continue;
+    const row = known ? known.get(change.table, key) : UNKNOWN;
+    const entry: Touched = { key: change.key, original: undefined, current: undefined };
+    if (row === UNKNOWN) {
+      let list = unknown.get(change.table);
+      if (!list) {
+        list = [];
+        unknown.set(change.table, list);
+      }
+      list.push(entry);
+    } else {
+      entry.original = row;
+      entry.current = row;
+    }
+    rows.set(key, entry);
   }
-  for (const [table, rows] of touched) {
-    const keys = [...rows.values()].map((r) => r.key);
+  for (const [table, entries] of unknown) {
+    const types = await typesOf(trx, table);
+    const pk = [...table.primaryKey];
+    const k = rowsAsTable(
+      table,
+      types,
+      pk,
+      entries.map((e) => e.key),
+    );
     const loaded = await sql<Row>`
       SELECT t.* FROM ${sql.id(table.name)} AS t
-       WHERE (${pkSelect(table, "t")}) IN (SELECT ${pkSelect(table, "k")} FROM ${recordset(table, keys)} AS k)
+       WHERE (${pkSelect(table, "t")}) IN (SELECT ${sql.join(pk.map(k.typed))} FROM ${k.unnest})
          FOR UPDATE OF t`.execute(trx);
+    const rows = touched.get(table) as Map<string, Touched>;
     for (const row of loaded.rows) {
       const entry = rows.get(keyOf(table, row));
-      if (entry) entry.original = row;
+      if (entry) {
+        entry.original = row;
+        entry.current = row;
+      }
     }
-    for (const entry of rows.values()) entry.current = entry.original;
   }
-  for (const change of changes) {
-    const entry = touched.get(change.table)?.get(keyOf(change.table, change.key));
-    if (entry) entry.current = change.next(entry.current);
+  for (let i = 0; i < changes.length; i++) {
+    const change = changes[i] as RowChange;
+    const entry = touched.get(change.table)?.get(keys[i] as string) as Touched;
+    entry.current = change.next(entry.current);
   }
   for (const [table, rows] of touched) {
     const deleted: Row[] = [];
     const updated: Row[] = [];
     const inserted: Row[] = [];
-    for (const { key, original, current } of rows.values()) {
+    // Columns to set: those whose value is not the very same object as the loaded row's in some updated row (a
+    // change copies the row and replaces what it changes).
+    const changed = new Set<string>(table.primaryKey);
+    for (const [key, { key: pkValues, original, current }] of rows) {
+      known?.stage(table, key, current);
       if (current === original) continue;
-      if (current === undefined) deleted.push(key);
+      if (current === undefined) deleted.push(pkValues);
       else if (original === undefined) inserted.push(current);
-      else updated.push(current);
+      else {
+        updated.push(current);
+        for (const column in current) if (current[column] !== original[column]) changed.add(column);
+      }
     }
-    const pk = pkSelect(table, "t");
+    if (deleted.length + updated.length + inserted.length === 0) continue;
+    const types = await typesOf(trx, table);
+    const pk = [...table.primaryKey];
     if (deleted.length > 0) {
+      const k = rowsAsTable(table, types, pk, deleted);
       await sql`DELETE FROM ${sql.id(table.name)} AS t
-                 WHERE (${pk}) IN (SELECT ${pkSelect(table, "k")} FROM ${recordset(table, deleted)} AS k)`.execute(trx);
+                 WHERE (${pkSelect(table, "t")}) IN (SELECT ${sql.join(pk.map(k.typed))} FROM ${k.unnest})`.execute(
+        trx,
+      );
     }
     if (updated.length > 0) {
-      const columns = columnsOf(updated).filter((c) => !table.primaryKey.includes(c));
+      const columns = [...changed];
+      const k = rowsAsTable(table, types, columns, updated);
       await sql`UPDATE ${sql.id(table.name)} AS t
-                   SET ${sql.join(columns.map((c) => sql`${sql.id(c)} = ${sql.ref(`k.${c}`)}`))}
-                  FROM ${recordset(table, updated)} AS k
+                   SET ${sql.join(
+                     columns.filter((c) => !table.primaryKey.includes(c)).map((c) => sql`${sql.id(c)} = ${k.typed(c)}`),
+                   )}
+                  FROM ${k.unnest}
                  WHERE ${sql.join(
-                   table.primaryKey.map((c) => sql`${sql.ref(`t.${c}`)} = ${sql.ref(`k.${c}`)}`),
+                   pk.map((c) => sql`${sql.ref(`t.${c}`)} = ${k.typed(c)}`),
                    sql` AND `,
                  )}`.execute(trx);
     }
     if (inserted.length > 0) {
-      const columns = columnsOf(inserted).map((c) => sql.id(c));
-      await sql`INSERT INTO ${sql.id(table.name)} (${sql.join(columns)})
-                SELECT ${sql.join(columns)} FROM ${recordset(table, inserted)} AS k`.execute(trx);
+      const columns = columnsOf(inserted);
+      const k = rowsAsTable(table, types, columns, inserted);
+      await sql`INSERT INTO ${sql.id(table.name)} (${sql.join(columns.map((c) => sql.id(c)))})
+                SELECT ${sql.join(columns.map(k.typed))} FROM ${k.unnest}`.execute(trx);
     }
   }
 }
+
+/** `jsonb_populate_recordset(NULL::<table>, $rows)`: rows as JSON, typed by the table's own row type. */
+const recordset = (table: ReadModelTable, rows: Row[]) =>
+  sql`jsonb_populate_recordset(NULL::${sql.id(table.name)}, ${JSON.stringify(rows)}::jsonb)`;
 
 /**
  * The inline writes of events that only create rows (`createOnly`: e.g. `KeyCreated`), as statements to run
@@ -281,6 +453,9 @@ export function createOnlyReadModelWrites(
                ON CONFLICT (${sql.join(table.primaryKey.map((c) => sql.id(c)))}) DO NOTHING`;
   });
 }
+
+const pkSelect = (table: ReadModelTable, alias: string) =>
+  sql.join(table.primaryKey.map((column) => sql.ref(`${alias}.${column}`)));
 
 function columnsOf(rows: Row[]): string[] {
   const columns = new Set<string>();

@@ -1,6 +1,7 @@
 import { EVENT_TYPES, type KeyledgerEvent } from "@keyledger/domain";
 import { type Kysely, sql } from "kysely";
 import type { ProjectionDefinition } from "./projection-registry";
+import { KnownRows } from "./read-model-projection";
 
 /** Schema holding the shadow tables of projections being rebuilt (infra/migrations/0005). */
 export const SHADOW_SCHEMA = "projection_rebuild";
@@ -28,6 +29,8 @@ type StateRow = {
   events_applied: string;
   rebuild_started_at: Date | null;
   rebuilt_at: Date | null;
+  /** `rebuild_started_at` to the microsecond: tells one rebuild from the next. */
+  started: string | null;
 };
 
 function toStatus(row: StateRow): ProjectionStatus {
@@ -44,7 +47,12 @@ function toStatus(row: StateRow): ProjectionStatus {
 }
 
 const STATE_COLUMNS = sql`name, status, snapshot::text AS snapshot, previous_snapshot::text AS previous_snapshot,
-  position::text AS position, events_applied::text AS events_applied, rebuild_started_at, rebuilt_at`;
+  position::text AS position, events_applied::text AS events_applied, rebuild_started_at, rebuilt_at,
+  rebuild_started_at::text AS started`;
+
+/** A rebuild's progress as committed: changes whenever any process applies a batch, moves to a tier or restarts. */
+const progressOf = (row: StateRow) =>
+  `${row.started}|${row.snapshot}|${row.previous_snapshot}|${row.position}|${row.events_applied}`;
 
 export async function loadProjectionStatus(db: Kysely<unknown>, name: string): Promise<ProjectionStatus | undefined> {
   const result = await sql<StateRow>`SELECT ${STATE_COLUMNS} FROM projection_state WHERE name = ${name}`.execute(db);
@@ -98,7 +106,8 @@ export async function requestRebuild(db: Kysely<unknown>, projection: Projection
   });
 }
 
-type TierRow = { global_position: string; event_type: string; data: unknown };
+/** Shaped like an event (`type`, `data`), so that a page is passed on as it was read. */
+type TierRow = { type: string; data: unknown; global_position: string };
 
 const PROJECTED_TYPES: ReadonlySet<string> = new Set(EVENT_TYPES);
 
@@ -117,7 +126,7 @@ async function readTierPage(trx: Kysely<unknown>, tier: Tier, limit: number): Pr
       : sql`AND transaction_id >= pg_snapshot_xmin(${tier.previous}::pg_snapshot)
             AND NOT pg_visible_in_snapshot(transaction_id, ${tier.previous}::pg_snapshot)`;
   const result = await sql<TierRow>`
-    SELECT global_position::text AS global_position, event_type, data
+    SELECT event_type AS type, data, global_position::text AS global_position
       FROM events e
      WHERE global_position > ${tier.position}::bigint
        AND transaction_id < pg_snapshot_xmax(${tier.snapshot}::pg_snapshot)
@@ -129,9 +138,8 @@ async function readTierPage(trx: Kysely<unknown>, tier: Tier, limit: number): Pr
 }
 
 function projected(rows: TierRow[]): KeyledgerEvent[] {
-  return rows
-    .filter((row) => PROJECTED_TYPES.has(row.event_type))
-    .map((row) => ({ type: row.event_type, data: row.data }) as KeyledgerEvent);
+  const all = rows.every((row) => PROJECTED_TYPES.has(row.type));
+  return (all ? rows : rows.filter((row) => PROJECTED_TYPES.has(row.type))) as unknown as KeyledgerEvent[];
 }
 
 async function currentSnapshot(trx: Kysely<unknown>): Promise<string> {
@@ -139,29 +147,25 @@ async function currentSnapshot(trx: Kysely<unknown>): Promise<string> {
   return (result.rows[0] as { snapshot: string }).snapshot;
 }
 
-async function applyToShadow(
-  trx: Kysely<unknown>,
-  projection: ProjectionDefinition,
-  schema: string,
-  events: KeyledgerEvent[],
-): Promise<void> {
-  if (events.length === 0) return;
-  await sql`SELECT set_config('search_path', ${`${SHADOW_SCHEMA}, ${schema}`}, true)`.execute(trx);
-  try {
-    await projection.apply(trx, events);
-  } finally {
-    await sql`SELECT set_config('search_path', ${schema}, true)`.execute(trx);
-  }
-}
-
 type Tier = { snapshot: string; previous: string | null; position: string };
 
 /** A page read ahead of its batch (a tier's pages never change: they are defined by fixed snapshots). */
 export type PrefetchedPage = Promise<{ tier: Tier; rows: TierRow[] } | undefined>;
 
+/** What one step of a rebuild hands to the next step in the same process. */
+export type RebuildCarry = {
+  /** The next page, read on another connection while this step applied its own. */
+  next?: PrefetchedPage;
+  /**
+   * The shadow rows as this process committed them, so that the next step need not read them back. Only valid while
+   * the committed progress is still `progress`: if another process applied a batch meanwhile, it is dropped.
+   */
+  known?: { progress: string; rows: KnownRows };
+};
+
 export type RebuildStepResult =
-  | { kind: "applied"; events: number; next?: PrefetchedPage }
-  | { kind: "next-tier" }
+  | { kind: "applied"; events: number; carry: RebuildCarry }
+  | { kind: "next-tier"; carry: RebuildCarry }
   | { kind: "swapped"; events: number; eventsApplied: number }
   | { kind: "busy" }
   | { kind: "idle" };
@@ -173,6 +177,8 @@ export type RebuildOptions = {
   swapThreshold?: number;
   /** How long the swap waits for the live tables' locks before giving up for now. */
   lockTimeoutMs?: number;
+  /** At most this many shadow rows are kept in memory between batches (more are read back from the tables). */
+  knownRows?: number;
 };
 
 const sameTier = (a: Tier, b: Tier) =>
@@ -183,31 +189,49 @@ const sameTier = (a: Tier, b: Tier) =>
  * progress with it; when the tier is done, starts the next tier, or — if little is left — swaps: locks the live
  * tables (writers wait), applies what committed since, replaces the live rows with the shadow's and marks the
  * projection live. Killing the process at any point loses at most the open transaction; calling this again
- * continues. Another process holding the projection's lock makes it return `busy`.
+ * continues. Another process holding the projection's lock makes it return `busy`. Pass the previous step's
+ * `carry` (same process) to skip reading back rows and pages it already has.
  */
 export async function rebuildStep(
   db: Kysely<unknown>,
   projection: ProjectionDefinition,
-  options: RebuildOptions & { prefetched?: PrefetchedPage } = {},
+  options: RebuildOptions & { carry?: RebuildCarry } = {},
 ): Promise<RebuildStepResult> {
   const batchSize = options.batchSize ?? 5000;
   const swapThreshold = options.swapThreshold ?? batchSize;
+  let result: RebuildStepResult;
   try {
-    return await db.transaction().execute(async (trx) => {
+    result = await db.transaction().execute(async (trx): Promise<RebuildStepResult> => {
       // A batch lost to a crash is redone from the progress committed with it: no need to wait for the WAL flush.
-      await sql`SET LOCAL statement_timeout = 0`.execute(trx);
-      await sql`SET LOCAL synchronous_commit = off`.execute(trx);
-      const locked = await sql<{ locked: boolean }>`
-        SELECT pg_try_advisory_xact_lock(${lockKey(projection.name)}) AS locked`.execute(trx);
-      if (!locked.rows[0]?.locked) return { kind: "busy" } as const;
+      // The shadow tables are not analyzed while they fill, and the batch's row writes are keyed on their primary
+      // key: without hash and merge joins the planner probes it rather than scanning the growing table per batch.
+      // search_path points at the shadow tables, so the projection's unqualified SQL writes them (the log and
+      // projection_state are only in the live schema).
+      const settings = await sql<{ locked: boolean; schema: string }>`
+        SELECT s.schema, pg_try_advisory_xact_lock(${lockKey(projection.name)}) AS locked,
+               set_config('statement_timeout', '0', true), set_config('synchronous_commit', 'off', true),
+               set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true),
+               set_config('search_path', ${`${SHADOW_SCHEMA}, `} || quote_ident(s.schema), true)
+          FROM (SELECT coalesce(current_schema(), 'public') AS schema OFFSET 0) AS s`.execute(trx);
+      if (!settings.rows[0]?.locked) return { kind: "busy" };
+      const schema = settings.rows[0].schema;
       const state = await sql<StateRow>`
         SELECT ${STATE_COLUMNS} FROM projection_state WHERE name = ${projection.name} FOR UPDATE`.execute(trx);
       const row = state.rows[0];
-      if (row?.status !== "rebuilding" || row.snapshot === null) return { kind: "idle" } as const;
-      const schema = await liveSchema(trx);
+      if (row?.status !== "rebuilding" || row.snapshot === null) return { kind: "idle" };
       const tier = { snapshot: row.snapshot, previous: row.previous_snapshot, position: String(row.position) };
+      const carried = options.carry?.known;
+      let known: KnownRows;
+      if (carried && carried.progress === progressOf(row)) {
+        known = carried.rows;
+        known.rollback();
+      } else {
+        // Nothing applied yet: the shadow tables are empty, so every row they will hold goes through `known`.
+        const empty = row.events_applied === "0" && row.previous_snapshot === null;
+        known = new KnownRows(empty, options.knownRows);
+      }
 
-      const ahead = await options.prefetched?.catch(() => undefined);
+      const ahead = await options.carry?.next?.catch(() => undefined);
       const page = ahead && sameTier(ahead.tier, tier) ? ahead.rows : await readTierPage(trx, tier, batchSize);
       if (page.length > 0) {
         // Read the next page on another connection while this one is applied (reading is a third of the work).
@@ -219,13 +243,18 @@ export async function rebuildStep(
                 () => undefined,
               )
             : undefined;
-        await applyToShadow(trx, projection, schema, projected(page));
-        await sql`
+        await projection.apply(trx, projected(page), known);
+        const progress = await sql<StateRow>`
           UPDATE projection_state
              SET position = ${(page[page.length - 1] as TierRow).global_position}::bigint,
                  events_applied = events_applied + ${page.length}, updated_at = now()
-           WHERE name = ${projection.name}`.execute(trx);
-        return { kind: "applied", events: page.length, next } as const;
+           WHERE name = ${projection.name}
+          RETURNING ${STATE_COLUMNS}`.execute(trx);
+        return {
+          kind: "applied",
+          events: page.length,
+          carry: { next, known: { progress: progressOf(progress.rows[0] as StateRow), rows: known } },
+        };
       }
 
       const now = await currentSnapshot(trx);
@@ -235,18 +264,25 @@ export async function rebuildStep(
         swapThreshold + 1,
       );
       if (pending.length > swapThreshold) {
-        await sql`
+        const progress = await sql<StateRow>`
           UPDATE projection_state
              SET previous_snapshot = snapshot, snapshot = ${now}::pg_snapshot, position = 0, updated_at = now()
-           WHERE name = ${projection.name}`.execute(trx);
-        return { kind: "next-tier" } as const;
+           WHERE name = ${projection.name}
+          RETURNING ${STATE_COLUMNS}`.execute(trx);
+        return {
+          kind: "next-tier",
+          carry: { known: { progress: progressOf(progress.rows[0] as StateRow), rows: known } },
+        };
       }
-      return swap(trx, projection, schema, tier, Number(row.events_applied), batchSize, options.lockTimeoutMs ?? 3000);
+      return swap(trx, projection, schema, tier, Number(row.events_applied), batchSize, known, options);
     });
   } catch (error) {
     if ((error as { code?: string }).code === "55P03") return { kind: "busy" }; // lock_timeout on the live tables
     throw error;
   }
+  // Committed: what the step wrote to the shadow tables is now what they hold.
+  if (result.kind === "applied" || result.kind === "next-tier") result.carry.known?.rows.commit();
+  return result;
 }
 
 async function swap(
@@ -256,9 +292,10 @@ async function swap(
   tier: Tier,
   eventsBefore: number,
   batchSize: number,
-  lockTimeoutMs: number,
+  known: KnownRows,
+  options: RebuildOptions,
 ): Promise<RebuildStepResult> {
-  await sql`SELECT set_config('lock_timeout', ${`${lockTimeoutMs}ms`}, true)`.execute(trx);
+  await sql`SELECT set_config('lock_timeout', ${`${options.lockTimeoutMs ?? 3000}ms`}, true)`.execute(trx);
   const tables = projection.tables.map((table) => sql`${sql.id(schema)}.${sql.id(table)}`);
   await sql`LOCK TABLE ${sql.join(tables)} IN ACCESS EXCLUSIVE MODE`.execute(trx);
   await sql`SET LOCAL lock_timeout = 0`.execute(trx);
@@ -269,7 +306,7 @@ async function swap(
   for (;;) {
     const page = await readTierPage(trx, current, batchSize);
     if (page.length > 0) {
-      await applyToShadow(trx, projection, schema, projected(page));
+      await projection.apply(trx, projected(page), known);
       caughtUp += page.length;
       current = { ...current, position: (page[page.length - 1] as TierRow).global_position };
       continue;
@@ -277,15 +314,40 @@ async function swap(
     if (current.snapshot === final) break;
     current = { snapshot: final, previous: current.snapshot, position: "0" };
   }
+  await sql`SELECT set_config('search_path', ${schema}, true)`.execute(trx);
   for (const table of projection.tables) {
     const live = sql`${sql.id(schema)}.${sql.id(table)}`;
     const columns = await sql<{ column_name: string }>`
       SELECT column_name FROM information_schema.columns
        WHERE table_schema = ${SHADOW_SCHEMA} AND table_name = ${table} ORDER BY ordinal_position`.execute(trx);
     const list = sql.join(columns.rows.map((c) => sql.id(c.column_name)));
+    // Loading the rows into an empty table and then building each index (one sort) takes about half as long as
+    // inserting every row into every index; nothing else sees the table meanwhile (ACCESS EXCLUSIVE). Kept: the
+    // indexes of constraints a foreign key refers to.
+    const constraints = await sql<{ name: string; definition: string }>`
+      SELECT c.conname AS name, pg_get_constraintdef(c.oid) AS definition FROM pg_constraint c
+       WHERE c.conrelid = ${`${schema}.${table}`}::regclass AND c.contype IN ('p', 'u', 'x')
+         AND NOT EXISTS (SELECT FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = c.conindid)
+       ORDER BY c.contype, c.conname`.execute(trx);
+    const indexes = await sql<{ name: string; definition: string }>`
+      SELECT r.relname AS name, pg_get_indexdef(i.indexrelid) AS definition
+        FROM pg_index i JOIN pg_class r ON r.oid = i.indexrelid
+       WHERE i.indrelid = ${`${schema}.${table}`}::regclass
+         AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+       ORDER BY r.relname`.execute(trx);
     await sql`TRUNCATE ${live}`.execute(trx);
+    for (const index of indexes.rows) await sql`DROP INDEX ${sql.id(schema)}.${sql.id(index.name)}`.execute(trx);
+    for (const constraint of constraints.rows) {
+      await sql`ALTER TABLE ${live} DROP CONSTRAINT ${sql.id(constraint.name)}`.execute(trx);
+    }
     await sql`INSERT INTO ${live} (${list}) SELECT ${list} FROM ${shadow(table)}`.execute(trx);
     await sql`DROP TABLE ${shadow(table)}`.execute(trx);
+    for (const constraint of constraints.rows) {
+      await sql`ALTER TABLE ${live} ADD CONSTRAINT ${sql.id(constraint.name)} ${sql.raw(constraint.definition)}`.execute(
+        trx,
+      );
+    }
+    for (const index of indexes.rows) await sql.raw(index.definition).execute(trx);
   }
   await sql`
     UPDATE projection_state
@@ -315,10 +377,10 @@ export async function continueRebuild(
   options: RebuildOptions & { onProgress?: (eventsApplied: number) => void } = {},
 ): Promise<{ eventsApplied: number }> {
   let applied = 0;
-  let prefetched: PrefetchedPage | undefined;
+  let carry: RebuildCarry | undefined;
   for (;;) {
-    const step = await rebuildStep(db, projection, { ...options, prefetched });
-    prefetched = step.kind === "applied" ? step.next : undefined;
+    const step = await rebuildStep(db, projection, { ...options, carry });
+    carry = step.kind === "applied" || step.kind === "next-tier" ? step.carry : undefined;
     switch (step.kind) {
       case "applied":
         applied += step.events;
