@@ -54,6 +54,8 @@ export async function startApiProcess(options: ApiProcessOptions): Promise<ApiPr
       NATS_URL: options.nats?.url ?? "",
       NATS_STREAM: options.nats?.streamName ?? "",
       NATS_SUBJECT_PREFIX: options.nats?.subjectPrefix ?? "",
+      // No membership consumer: it would create (and keep) the server's shared ORGANIZATIONS stream.
+      MEMBERSHIP_SUBJECT_PREFIX: "",
       ...options.env,
     },
   });
