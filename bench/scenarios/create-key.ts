@@ -120,7 +120,7 @@ export const createKeyScenario: Scenario = {
       const seconds = size(context, 5, 1.5);
       context.log("warm-up");
       await rawTransactions(database.url, 1);
-      await creates(size(context, 3, 1));
+      await creates(size(context, 3, 2));
       const rounds = await alternate(
         size(context, 3, 2),
         async () => assertClean("raw pg transaction", await rawTransactions(database.url, seconds)),
