@@ -10,6 +10,7 @@ export async function startGatewayProcess(options: {
   natsUrl: string;
   subjectPrefix: string;
   nodeFlags?: string[];
+  env?: Record<string, string>;
 }): Promise<GatewayProcess> {
   const port = await freePort();
   const service = spawnTs({
@@ -25,6 +26,7 @@ export async function startGatewayProcess(options: {
       NATS_URL: options.natsUrl,
       NATS_SUBJECT_PREFIX: options.subjectPrefix,
       LOG_LEVEL: "warn",
+      ...options.env,
     },
   });
   const baseUrl = `http://127.0.0.1:${port}`;
