@@ -5,7 +5,8 @@ export type GatewayProcess = { service: ChildService; baseUrl: string; stop(): P
 /** `services/gateway/src/main.ts` in its own process, ready once its verifier is subscribed to the key events. */
 export async function startGatewayProcess(options: {
   name: string;
-  upstreamUrl: string;
+  /** Unset for a gateway in forward-auth mode (`env: { GATEWAY_MODE: "forward-auth" }`). */
+  upstreamUrl?: string;
   apiUrl: string;
   natsUrl: string;
   subjectPrefix: string;
@@ -21,7 +22,7 @@ export async function startGatewayProcess(options: {
       NODE_ENV: "production",
       PORT: String(port),
       HOST: "127.0.0.1",
-      UPSTREAM_URL: options.upstreamUrl,
+      ...(options.upstreamUrl === undefined ? {} : { UPSTREAM_URL: options.upstreamUrl }),
       API_URL: options.apiUrl,
       NATS_URL: options.natsUrl,
       NATS_SUBJECT_PREFIX: options.subjectPrefix,
