@@ -94,6 +94,11 @@ function sendJson(res: ServerResponse, statusCode: number, value: unknown): void
 
 /** Names listed in a Connection header (besides keep-alive/close): hop-by-hop for this message only. */
 function connectionTokens(value: string): Set<string> | undefined {
+  // The usual values, without splitting: nothing else to remove.
+  if (value.length <= 10) {
+    const lower = value.toLowerCase();
+    if (lower === "keep-alive" || lower === "close") return undefined;
+  }
   let tokens: Set<string> | undefined;
   for (const raw of value.split(",")) {
     const token = raw.trim().toLowerCase();
@@ -188,7 +193,8 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
     private readonly path: string,
     private readonly log: GatewayLogger,
   ) {
-    res.once("close", this.onClientClose);
+    // `close` is emitted once per response; `on` spares the wrapper `once` allocates.
+    res.on("close", this.onClientClose);
   }
 
   private readonly onClientClose = () => {
