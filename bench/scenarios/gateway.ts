@@ -258,7 +258,10 @@ export const gatewayScenario: Scenario = {
       context.log(
         `commit → KeyRevoked on NATS: p50 ${percentile(onNats, 50).toFixed(2)} ms, p99 ${percentile(onNats, 99).toFixed(2)} ms`,
       );
-      context.log(`propagation p50 ${p50.toFixed(2)} ms, p99 ${p99.toFixed(2)} ms, max ${max.toFixed(2)} ms`);
+      context.log(
+        `propagation p50 ${p50.toFixed(2)} ms, p99 ${p99.toFixed(2)} ms, max ${max.toFixed(2)} ms ` +
+          `(first rejected request sent: p50 ${percentile(bounds, 50).toFixed(2)} ms, p99 ${percentile(bounds, 99).toFixed(2)} ms)`,
+      );
       const details = {
         samples: samples.length,
         gateways: gateways.length,
