@@ -32,6 +32,33 @@ function probe(agent: Agent, url: string, key: string): Promise<{ status: number
   });
 }
 
+/** `count` publishes 2 ms apart from a second connection to a subscription on `nc`; each one's latency (ms). */
+async function natsHopLatencies(url: string, nc: NatsLink["connection"], count: number): Promise<number[]> {
+  if (nc === undefined) return [];
+  const link = new NatsLink({ servers: url, name: "keyledger-bench-hop" });
+  const sender = await link.whenConnected();
+  const subject = `keyledger_bench_hop.${process.pid}.${Date.now()}`;
+  let arrived: ((at: number) => void) | undefined;
+  const sub = nc.subscribe(subject, { callback: () => arrived?.(performance.now()) });
+  const samples: number[] = [];
+  try {
+    await nc.flush();
+    for (let i = 0; i < count && sender !== undefined; i++) {
+      const at = new Promise<number>((resolve) => {
+        arrived = resolve;
+      });
+      const sentAt = performance.now();
+      sender.publish(subject);
+      samples.push((await at) - sentAt);
+      await sleep(2);
+    }
+  } finally {
+    sub.unsubscribe();
+    await link.close();
+  }
+  return samples;
+}
+
 /** Probes `url` back to back until it answers 401; returns when the first 401 arrived (and when it was sent). */
 async function untilRejected(agent: Agent, url: string, key: string, deadline: number) {
   for (;;) {
@@ -206,6 +233,13 @@ export const gatewayScenario: Scenario = {
       await nc?.flush();
       const onNats: number[] = [];
       await sleep(size(context, 3000, 1000)); // background keys' first uses (and their KeyUsed) happen now
+      // The floor of one NATS hop here, under the same load: a publish to a subscription on another connection of
+      // this process (no application code on either side).
+      const natsHop = await natsHopLatencies(nats.url, nc, size(context, 300, 50));
+      context.log(
+        `one NATS hop (publish → callback, same process): p50 ${percentile(natsHop, 50).toFixed(2)} ms, ` +
+          `p99 ${percentile(natsHop, 99).toFixed(2)} ms`,
+      );
       const agents = gateways.map(() => new Agent({ keepAlive: true, maxSockets: 1 }));
       const samples: number[] = [];
       const bounds: number[] = [];
@@ -270,6 +304,8 @@ export const gatewayScenario: Scenario = {
         backgroundNon2xx: backgroundResults.map((r) => r.non2xx).join(" "),
         commitToNatsP50Ms: percentile(onNats, 50),
         commitToNatsP99Ms: percentile(onNats, 99),
+        natsHopP50Ms: percentile(natsHop, 50),
+        natsHopP99Ms: percentile(natsHop, 99),
         lowerBoundP50Ms: percentile(bounds, 50),
         lowerBoundP99Ms: percentile(bounds, 99),
       };
