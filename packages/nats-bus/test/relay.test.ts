@@ -4,6 +4,7 @@ import {
   appendToStream,
   LOG_START,
   type LogCheckpoint,
+  loadCheckpoint,
   notifyAppended,
   readAllAfter,
   storeCheckpoint,
@@ -138,10 +139,13 @@ describe("event relay", () => {
     const org = uniqueId("org.fast");
     const checkpointName = await checkpointAtHead(db);
     await appendKeys(org, 3);
-    const events = (await readAllAfter(db, LOG_START, 100_000)).filter(
-      (e) => (e.data as { organizationId?: string }).organizationId === org,
-    );
-    expect(events).toHaveLength(3);
+    // The log as the relay reads it (commit-safe: it may wait for other test files' transactions to end).
+    let events: Awaited<ReturnType<typeof readAllAfter>> = [];
+    await until(async () => {
+      const all = await readAllAfter(db, await loadCheckpoint(db, checkpointName), 100_000);
+      events = all.filter((e) => (e.data as { organizationId?: string }).organizationId === org);
+      return events.length === 3;
+    }, "the appended events to be readable");
     const publisher = new EventPublisher(link, { subjectPrefix: stream.subjectPrefix });
     // Seen by a core subscriber at once, without a PubAck.
     const nc = link.connection;
