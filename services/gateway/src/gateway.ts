@@ -287,6 +287,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     });
   }
   const pool = upstream;
+  const blocking = (options.upstreamPipelining ?? 1) <= 1;
 
   const health = (path: string, res: ServerResponse): boolean => {
     if (path === "/health/live") {
@@ -319,6 +320,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         method: req.method as Dispatcher.HttpMethod,
         headers,
         body: inbound.hasBody ? req : null,
+        // undici waits for a request's answer before sending the next on its connection unless told otherwise.
+        blocking,
       },
       new ProxyHandler(req, res, url, log),
     );

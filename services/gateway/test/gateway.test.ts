@@ -32,7 +32,7 @@ function fakeVerifier(options: { failing?: boolean } = {}): Verifier {
 
 type Echo = { method: string; url: string; headers: Record<string, string>; body: string };
 
-/** Answers with what it received; `/big/<n>` answers n bytes in 64 KiB writes; `/slow` waits 50 ms. */
+/** Answers with what it received; `/big/<n>` answers n bytes in 64 KiB writes; `/slow…` waits 50 ms. */
 async function startUpstream(): Promise<{ server: Server; url: string }> {
   const server = createServer((req: IncomingMessage, res) => {
     const chunks: Buffer[] = [];
@@ -65,7 +65,7 @@ async function startUpstream(): Promise<{ server: Server; url: string }> {
         res.writeHead(201, { "content-type": "application/json", connection: "x-upstream-hop", "x-upstream-hop": "1" });
         res.end(JSON.stringify(echo));
       };
-      if (req.url === "/slow") setTimeout(answer, 50);
+      if (req.url?.startsWith("/slow")) setTimeout(answer, 50);
       else answer();
     });
   });
@@ -176,6 +176,31 @@ describe("gateway (proxy and forward-auth modes, fake verifier)", () => {
     for (const [i, res] of results.entries()) {
       expect(res.status).toBe(201);
       expect((JSON.parse(res.body.toString()) as Echo).url).toBe(i % 10 === 0 ? "/slow" : `/n/${i}`);
+    }
+  });
+
+  it("with upstream pipelining, concurrent requests share upstream connections", async () => {
+    const counted = await startUpstream();
+    let connections = 0;
+    counted.server.on("connection", () => {
+      connections += 1;
+    });
+    const gateway = await buildGateway({ upstreamUrl: counted.url, verifier: fakeVerifier(), upstreamPipelining: 8 });
+    const url = await gateway.listen({ port: 0, host: "127.0.0.1" });
+    try {
+      const results = await Promise.all(
+        Array.from({ length: 64 }, (_, i) =>
+          send(`${url}/slow/${i}`, { headers: { authorization: `Bearer ${GOOD}` } }),
+        ),
+      );
+      expect(results.map((r) => (JSON.parse(r.body.toString()) as Echo).url)).toEqual(
+        Array.from({ length: 64 }, (_, i) => `/slow/${i}`),
+      );
+      // Each answer takes 50 ms: without pipelining each of the 64 would need a connection of its own.
+      expect(connections).toBeLessThanOrEqual(32);
+    } finally {
+      await gateway.close();
+      await new Promise((resolve) => counted.server.close(resolve));
     }
   });
 
