@@ -320,8 +320,9 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
         method: req.method as Dispatcher.HttpMethod,
         headers,
         body: inbound.hasBody ? req : null,
-        // undici waits for a request's answer before sending the next on its connection unless told otherwise.
-        blocking,
+        // undici sends nothing behind a "blocking" request until its answer's headers: with pipelining, only GET and
+        // HEAD let others queue behind them (and undici sends other methods only on an idle connection).
+        blocking: blocking || (req.method !== "GET" && req.method !== "HEAD"),
       },
       new ProxyHandler(req, res, url, log),
     );
