@@ -333,7 +333,7 @@ export const gatewayScenario: Scenario = {
           goal: "≥ 0.8×",
           pass: gatewayRatio >= 0.8,
           boundBy:
-            "CPU, mostly socket writes: the proxy hop is a second HTTP exchange (to upstream and back) per request, about 2.5× hello-world's CPU in the gateway, and 3 processes share the 2 cores where the baseline has 2",
+            "CPU, mostly socket writes: the proxy hop is a second HTTP exchange (to upstream and back) per request, 2-3× hello-world's CPU in the gateway, and 3 processes share the 2 cores where the baseline has 2",
           details: {
             connections: THROUGHPUT_CONNECTIONS,
             helloCpuMicrosPerRequest: helloCpu,
