@@ -5,11 +5,13 @@ export type GatewayProcess = { service: ChildService; baseUrl: string; stop(): P
 /** `services/gateway/src/main.ts` in its own process, ready once its verifier is subscribed to the key events. */
 export async function startGatewayProcess(options: {
   name: string;
-  upstreamUrl: string;
+  /** Unset for a gateway in forward-auth mode (`env: { GATEWAY_MODE: "forward-auth" }`). */
+  upstreamUrl?: string;
   apiUrl: string;
   natsUrl: string;
   subjectPrefix: string;
   nodeFlags?: string[];
+  env?: Record<string, string>;
 }): Promise<GatewayProcess> {
   const port = await freePort();
   const service = spawnTs({
@@ -20,11 +22,12 @@ export async function startGatewayProcess(options: {
       NODE_ENV: "production",
       PORT: String(port),
       HOST: "127.0.0.1",
-      UPSTREAM_URL: options.upstreamUrl,
+      ...(options.upstreamUrl === undefined ? {} : { UPSTREAM_URL: options.upstreamUrl }),
       API_URL: options.apiUrl,
       NATS_URL: options.natsUrl,
       NATS_SUBJECT_PREFIX: options.subjectPrefix,
       LOG_LEVEL: "warn",
+      ...options.env,
     },
   });
   const baseUrl = `http://127.0.0.1:${port}`;

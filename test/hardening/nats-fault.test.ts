@@ -1,5 +1,5 @@
 import type { AddressInfo } from "node:net";
-import { buildGateway } from "@keyledger/gateway";
+import { buildGateway, type Gateway } from "@keyledger/gateway";
 import { createVerifier, type Verifier } from "@keyledger/verifier";
 import Fastify, { type FastifyInstance } from "fastify";
 import { sql } from "kysely";
@@ -28,7 +28,7 @@ describe("NATS faults", () => {
   let api: RunningApi;
   let upstream: FastifyInstance;
   let verifier: Verifier;
-  let gateway: FastifyInstance;
+  let gateway: Gateway;
   let gatewayUrl: string;
   const org = uniqueId("nats-fault-org");
   const owner = uniqueId("nats-fault-owner");
@@ -58,7 +58,6 @@ describe("NATS faults", () => {
     gateway = await buildGateway({
       upstreamUrl: `http://127.0.0.1:${(upstream.server.address() as AddressInfo).port}`,
       verifier,
-      logger: false,
     });
     await gateway.listen({ port: 0, host: "127.0.0.1" });
     gatewayUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;

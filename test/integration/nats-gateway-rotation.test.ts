@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import type { AddressInfo } from "node:net";
-import { buildGateway } from "@keyledger/gateway";
+import { buildGateway, type Gateway } from "@keyledger/gateway";
 import { createVerifier, type Verifier } from "@keyledger/verifier";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
@@ -24,7 +24,7 @@ describe("gateway: rotation grace and membership changes over NATS", () => {
   let api: RunningApi;
   let upstream: FastifyInstance;
   let verifier: Verifier;
-  let gateway: FastifyInstance;
+  let gateway: Gateway;
   let gatewayUrl: string;
   let nc: NatsConnection;
 
@@ -51,7 +51,6 @@ describe("gateway: rotation grace and membership changes over NATS", () => {
     gateway = await buildGateway({
       upstreamUrl: `http://127.0.0.1:${(upstream.server.address() as AddressInfo).port}`,
       verifier,
-      logger: false,
     });
     await gateway.listen({ port: 0, host: "127.0.0.1" });
     gatewayUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;

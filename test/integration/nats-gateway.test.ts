@@ -1,6 +1,6 @@
 import type { AddressInfo } from "node:net";
 import { hashKeyValue } from "@keyledger/domain";
-import { buildGateway } from "@keyledger/gateway";
+import { buildGateway, type Gateway } from "@keyledger/gateway";
 import { createVerifier, type Verifier } from "@keyledger/verifier";
 import Fastify, { type FastifyInstance } from "fastify";
 import { sql } from "kysely";
@@ -40,7 +40,7 @@ describe("gateway: API keys checked at the edge, revocations over NATS", () => {
   let api: RunningApi;
   let upstream: { app: FastifyInstance; url: string };
   let verifier: Verifier;
-  let gateway: FastifyInstance;
+  let gateway: Gateway;
   let gatewayUrl: string;
 
   /** When each KeyRevoked committed (performance.now() in this process), by key hash. */
@@ -71,7 +71,7 @@ describe("gateway: API keys checked at the edge, revocations over NATS", () => {
       cache: { maxEntries: 1000, ttlMs: 600_000 },
       keyUseReports: { intervalMs: 50 },
     });
-    gateway = await buildGateway({ upstreamUrl: upstream.url, verifier, logger: false });
+    gateway = await buildGateway({ upstreamUrl: upstream.url, verifier });
     await gateway.listen({ port: 0, host: "127.0.0.1" });
     gatewayUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
     await until(async () => ((await fetch(`${gatewayUrl}/health/ready`)).status === 200 ? true : undefined), "ready");
@@ -228,10 +228,10 @@ describe("gateway: API keys checked at the edge, revocations over NATS", () => {
 
   it("answers 502 with the error body when upstream is down, and 503 when the API cannot be asked", async () => {
     const { value } = await createKey();
-    const lonely = await buildGateway({ upstreamUrl: "http://127.0.0.1:9", verifier, logger: false });
+    const lonely = await buildGateway({ upstreamUrl: "http://127.0.0.1:9", verifier });
     await lonely.listen({ port: 0, host: "127.0.0.1" });
     const blind = createVerifier({ apiUrl: "http://127.0.0.1:9", lookupTimeoutMs: 1_000 });
-    const cut = await buildGateway({ upstreamUrl: upstream.url, verifier: blind, logger: false });
+    const cut = await buildGateway({ upstreamUrl: upstream.url, verifier: blind });
     await cut.listen({ port: 0, host: "127.0.0.1" });
     try {
       const lonelyUrl = `http://127.0.0.1:${(lonely.server.address() as AddressInfo).port}`;

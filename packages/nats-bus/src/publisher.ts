@@ -1,5 +1,6 @@
 import type { RecordedEvent } from "@keyledger/event-store";
 import { type JetStreamClient, jetstream, type PubAck } from "@nats-io/jetstream";
+import { headers as natsHeaders } from "@nats-io/transport-node";
 import { type BusLogger, type NatsLink, silentLogger } from "./connection";
 import { eventSubject } from "./subjects";
 import { encodeEventMessage } from "./wire";
@@ -58,15 +59,29 @@ export class EventPublisher {
   }
 
   /**
-   * Fast path: publishes events right after their command committed, without waiting. Failures are only logged
-   * (the relay publishes every event from the log anyway); nothing is attempted while NATS is down.
+   * Fast path: publishes events right after their command committed, as plain core publishes with the same
+   * `Nats-Msg-Id` the relay uses: the stream stores (and de-duplicates) them as it does the relay's, core
+   * subscribers get them at once, and nothing waits for a PubAck (no reply inbox, no timer per event). Nothing
+   * tells whether one arrived: the relay publishes every event from the log anyway, with acknowledgements. Nothing
+   * is attempted while NATS is down.
    */
   publishCommitted(events: readonly RecordedEvent[]): void {
-    if (!this.link.connected) return;
+    const nc = this.link.connection;
+    if (!nc || !this.link.connected) return;
     for (const event of events) {
-      this.publish(event).catch((error: unknown) => {
+      try {
+        const h = natsHeaders();
+        h.set("Nats-Msg-Id", event.eventId);
+        nc.publish(
+          eventSubject(this.options.subjectPrefix, organizationOf(event), event.type),
+          encodeEventMessage(event),
+          {
+            headers: h,
+          },
+        );
+      } catch (error) {
         this.log.debug({ err: error, eventId: event.eventId }, "fast-path publish failed; the relay will publish it");
-      });
+      }
     }
   }
 }

@@ -4,6 +4,7 @@ import {
   appendToStream,
   LOG_START,
   type LogCheckpoint,
+  loadCheckpoint,
   notifyAppended,
   readAllAfter,
   storeCheckpoint,
@@ -130,6 +131,46 @@ describe("event relay", () => {
       expect(ack.duplicate).toBe(true);
       expect(await eventIdsInStream(org)).toEqual(expected);
     } finally {
+      await relay.stop();
+    }
+  });
+
+  it("stores a fast-path (core) publish in the stream under its message id, so the relay's copy is a duplicate", async () => {
+    const org = uniqueId("org.fast");
+    const checkpointName = await checkpointAtHead(db);
+    await appendKeys(org, 3);
+    // The log as the relay reads it (commit-safe: it may wait for other test files' transactions to end).
+    let events: Awaited<ReturnType<typeof readAllAfter>> = [];
+    await until(async () => {
+      const all = await readAllAfter(db, await loadCheckpoint(db, checkpointName), 100_000);
+      events = all.filter((e) => (e.data as { organizationId?: string }).organizationId === org);
+      return events.length === 3;
+    }, "the appended events to be readable");
+    const publisher = new EventPublisher(link, { subjectPrefix: stream.subjectPrefix });
+    // Seen by a core subscriber at once, without a PubAck.
+    const nc = link.connection;
+    if (!nc) throw new Error("not connected");
+    const seen: string[] = [];
+    const sub = nc.subscribe(organizationSubjectFilter(stream.subjectPrefix, org), {
+      callback: (_error, msg) => {
+        seen.push((msg.json() as { eventId: string }).eventId);
+      },
+    });
+    await nc.flush();
+    publisher.publishCommitted(events);
+    await until(() => seen.length >= 3, "the fast-path messages");
+    await until(async () => (await eventIdsInStream(org)).length >= 3, "the stream to store them");
+    expect(await eventIdsInStream(org)).toEqual(events.map((e) => e.eventId));
+    const relay = new EventRelay({ databaseUrl: databaseUrl(), link, ...stream, checkpointName, pollIntervalMs: 50 });
+    relay.start();
+    try {
+      // The relay publishes the same three again (core subscribers see them twice); the stream keeps one copy each.
+      await until(() => seen.length >= 6, "the relay's publishes");
+      expect(await eventIdsInStream(org)).toEqual(events.map((e) => e.eventId));
+      const ack = await publisher.publish(events[0] as (typeof events)[number]);
+      expect(ack.duplicate).toBe(true);
+    } finally {
+      sub.unsubscribe();
       await relay.stop();
     }
   });

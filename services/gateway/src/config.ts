@@ -2,8 +2,13 @@
 export type GatewayConfig = {
   port: number;
   host: string;
-  /** Where authenticated requests go. */
-  upstreamUrl: string;
+  /** `proxy` (default): forward good requests upstream. `forward-auth`: answer 200 + identity headers or 401. */
+  mode: "proxy" | "forward-auth";
+  /** Where authenticated requests go (proxy mode only). */
+  upstreamUrl: string | undefined;
+  /** Upstream connections kept open, and requests pipelined on each (1: none). */
+  upstreamConnections: number;
+  upstreamPipelining: number;
   /** The keyledger API, asked on cache misses (`GET /api/api-keys/current`). */
   apiUrl: string;
   /** Without NATS nothing is cached: every request is checked with the API. */
@@ -58,10 +63,17 @@ export function parseGatewayConfig(env: Env): GatewayConfig {
     throw new GatewayConfigError("NATS_SUBJECT_PREFIX", "must be dot-separated tokens of letters, digits, _ and -");
   }
   const ttlMs = integer(env, "VERIFIER_CACHE_TTL_MS", 60_000, 1, 86_400_000);
+  const mode = env.GATEWAY_MODE || "proxy";
+  if (mode !== "proxy" && mode !== "forward-auth") {
+    throw new GatewayConfigError("GATEWAY_MODE", `must be "proxy" or "forward-auth", got "${mode}"`);
+  }
   return {
     port: integer(env, "PORT", 8080, 0, 65535),
     host: env.HOST || "0.0.0.0",
-    upstreamUrl: httpUrl(env, "UPSTREAM_URL"),
+    mode,
+    upstreamUrl: mode === "proxy" ? httpUrl(env, "UPSTREAM_URL") : undefined,
+    upstreamConnections: integer(env, "UPSTREAM_CONNECTIONS", 128, 1, 65_536),
+    upstreamPipelining: integer(env, "UPSTREAM_PIPELINING", 1, 1, 100),
     apiUrl: httpUrl(env, "API_URL"),
     natsUrl: env.NATS_URL || undefined,
     subjectPrefix,

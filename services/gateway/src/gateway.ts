@@ -1,23 +1,41 @@
-import { STATUS_CODES } from "node:http";
-import replyFrom from "@fastify/reply-from";
-import type { Verifier } from "@keyledger/verifier";
-import Fastify, {
-  type FastifyBaseLogger,
-  type FastifyInstance,
-  type FastifyReply,
-  type FastifyServerOptions,
-  LogController,
-} from "fastify";
+import { createServer, type IncomingMessage, type Server, type ServerResponse, STATUS_CODES } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
+import type { VerifiedKey, Verifier, VerifyResult } from "@keyledger/verifier";
+import { buildConnector, type Dispatcher, Pool } from "undici";
+
+/** The subset of a pino logger the gateway uses; never given secrets. */
+export type GatewayLogger = {
+  warn(obj: object, msg: string): void;
+  debug(obj: object, msg: string): void;
+};
+
+/**
+ * - `proxy`: a reverse proxy; requests with a valid key go upstream with identity headers.
+ * - `forward-auth`: an authorization service for a proxy in front (Envoy `ext_authz`, nginx `auth_request`, Traefik
+ *   `ForwardAuth`): every request is answered here, 200 with the identity headers or 401/503 with the error body.
+ */
+export type GatewayMode = "proxy" | "forward-auth";
 
 export type GatewayOptions = {
-  upstreamUrl: string;
+  mode?: GatewayMode;
+  /** Where authenticated requests go (required in `proxy` mode). */
+  upstreamUrl?: string;
   verifier: Verifier;
-  /** A logger configuration (false: none), or `loggerInstance` to share a pino logger. */
-  logger?: FastifyServerOptions["logger"];
-  loggerInstance?: FastifyBaseLogger;
+  log?: GatewayLogger;
   /** Upstream connections kept open (default 128). */
   upstreamConnections?: number;
+  /** Requests sent on one upstream connection before the first answer (HTTP/1.1 pipelining, default 1: none). */
+  upstreamPipelining?: number;
 };
+
+export interface Gateway {
+  readonly server: Server;
+  readonly mode: GatewayMode;
+  /** Listens; resolves with the base URL. */
+  listen(options: { port: number; host?: string }): Promise<string>;
+  /** Stops accepting, ends idle connections, waits for requests under way, closes upstream connections. */
+  close(): Promise<void>;
+}
 
 /** Headers the gateway sets for upstream; any the client sent under this prefix are removed first. */
 export const IDENTITY_HEADER_PREFIX = "x-keyledger-";
@@ -30,96 +48,381 @@ export const GATEWAY_LOG_REDACTIONS = ["req.headers.authorization", "headers.aut
 
 const BEARER = /^Bearer\s+(\S+)\s*$/i;
 
+const silentLog: GatewayLogger = { warn() {}, debug() {} };
+
+/** Hop-by-hop headers (RFC 9110 7.6.1), never forwarded in either direction; `host` is set for upstream. */
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
+
 /** Daytona's error body: `{ path, timestamp, statusCode, error, message }`. */
-function sendError(reply: FastifyReply, url: string, statusCode: number, message: string) {
-  return reply.code(statusCode).send({
-    path: url,
+function sendError(res: ServerResponse, path: string, statusCode: number, message: string): void {
+  const body = JSON.stringify({
+    path,
     timestamp: new Date().toISOString(),
     statusCode,
     error: STATUS_CODES[statusCode] ?? "Error",
     message,
   });
+  res.writeHead(statusCode, [
+    "content-type",
+    "application/json; charset=utf-8",
+    "content-length",
+    String(Buffer.byteLength(body)),
+  ]);
+  res.end(body);
 }
 
-declare module "fastify" {
-  interface FastifyRequest {
-    verifiedKey: { userId: string; organizationId: string; permissions: string[] } | null;
+function sendJson(res: ServerResponse, statusCode: number, value: unknown): void {
+  const body = JSON.stringify(value);
+  res.writeHead(statusCode, [
+    "content-type",
+    "application/json; charset=utf-8",
+    "content-length",
+    String(Buffer.byteLength(body)),
+  ]);
+  res.end(body);
+}
+
+/** Names listed in a Connection header (besides keep-alive/close): hop-by-hop for this message only. */
+function connectionTokens(value: string): Set<string> | undefined {
+  // The usual values, without splitting: nothing else to remove.
+  if (value.length <= 10) {
+    const lower = value.toLowerCase();
+    if (lower === "keep-alive" || lower === "close") return undefined;
+  }
+  let tokens: Set<string> | undefined;
+  for (const raw of value.split(",")) {
+    const token = raw.trim().toLowerCase();
+    if (token === "" || token === "close" || token === "keep-alive") continue;
+    tokens ??= new Set();
+    tokens.add(token);
+  }
+  return tokens;
+}
+
+/** What one pass over the client's raw headers finds. */
+type Inbound = {
+  bearer: string | undefined;
+  /** The headers to send upstream (flat name/value list), without the hop-by-hop and identity ones. */
+  forward: string[];
+  hasBody: boolean;
+};
+
+function readInbound(rawHeaders: string[]): Inbound {
+  const forward: string[] = [];
+  let authorization: string | undefined;
+  let hasBody = false;
+  let connection: string | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    const value = rawHeaders[i + 1] as string;
+    const lower = name.toLowerCase();
+    if (lower === "authorization") {
+      // Two Authorization headers: ambiguous, treated as none.
+      authorization = authorization === undefined ? value : "";
+    } else if (lower === "content-length") {
+      if (value !== "0") hasBody = true;
+    } else if (HOP_BY_HOP.has(lower)) {
+      if (lower === "transfer-encoding") hasBody = true;
+      else if (lower === "connection") connection = value;
+      continue;
+    } else if (lower === "host" || lower.startsWith(IDENTITY_HEADER_PREFIX)) {
+      continue;
+    }
+    forward.push(name, value);
+  }
+  if (connection !== undefined) {
+    const tokens = connectionTokens(connection);
+    if (tokens !== undefined) {
+      for (let i = forward.length - 2; i >= 0; i -= 2) {
+        const lower = (forward[i] as string).toLowerCase();
+        if (tokens.has(lower) && lower !== "authorization") forward.splice(i, 2);
+      }
+    }
+  }
+  const bearer = authorization === undefined ? undefined : BEARER.exec(authorization)?.[1];
+  return { bearer, forward, hasBody };
+}
+
+/**
+ * Upstream sockets whose writes are held (corked) until the end of this turn of the event loop: every request
+ * dispatched on one connection while handling a batch of readable client sockets goes out in one `writev`.
+ */
+const corked = new Set<Socket>();
+let uncorkScheduled = false;
+
+function uncorkAll(): void {
+  uncorkScheduled = false;
+  for (const socket of corked) if (!socket.destroyed) socket.uncork();
+  corked.clear();
+}
+
+function coalesceWrites(socket: Socket): void {
+  const write = socket.write;
+  socket.write = function (this: Socket, ...args: unknown[]) {
+    if (!corked.has(socket)) {
+      corked.add(socket);
+      socket.cork();
+      if (!uncorkScheduled) {
+        uncorkScheduled = true;
+        setImmediate(uncorkAll);
+      }
+    }
+    return (write as (...a: unknown[]) => boolean).apply(this, args);
+  } as Socket["write"];
+}
+
+/** Streams one upstream answer to the client; undici's own handler interface, so nothing is buffered or copied. */
+class ProxyHandler implements Dispatcher.DispatchHandler {
+  private abort: ((error?: Error) => void) | undefined;
+  private resume: (() => void) | undefined;
+  private done = false;
+
+  constructor(
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+    private readonly path: string,
+    private readonly log: GatewayLogger,
+  ) {
+    // `close` is emitted once per response; `on` spares the wrapper `once` allocates.
+    res.on("close", this.onClientClose);
+  }
+
+  private readonly onClientClose = () => {
+    // The client went away before the upstream answer ended: stop the upstream request too.
+    if (!this.done) this.abort?.(new Error("client closed the connection"));
+  };
+
+  private readonly onDrain = () => this.resume?.();
+
+  onConnect(abort: (error?: Error) => void): void {
+    this.abort = abort;
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    if (statusCode < 200) return true; // 1xx (e.g. 100 Continue): not forwarded
+    const headers: string[] = [];
+    let connection: Set<string> | undefined;
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      const name = (rawHeaders[i] as Buffer).toString("latin1");
+      const lower = name.toLowerCase();
+      if (HOP_BY_HOP.has(lower)) {
+        if (lower === "connection") connection = connectionTokens((rawHeaders[i + 1] as Buffer).toString("latin1"));
+        continue;
+      }
+      headers.push(name, (rawHeaders[i + 1] as Buffer).toString("latin1"));
+    }
+    if (connection !== undefined) {
+      for (let i = headers.length - 2; i >= 0; i -= 2) {
+        if (connection.has((headers[i] as string).toLowerCase())) headers.splice(i, 2);
+      }
+    }
+    this.resume = resume;
+    this.res.writeHead(statusCode, statusText || undefined, headers);
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.res.write(chunk)) return true;
+    this.res.once("drain", this.onDrain);
+    return false;
+  }
+
+  onComplete(): void {
+    this.done = true;
+    this.res.end();
+  }
+
+  onError(error: Error): void {
+    this.done = true;
+    if (this.res.destroyed) return;
+    if (this.res.headersSent) {
+      // Part of the answer is out: all the client can be told is that it is cut short.
+      this.res.destroy(error);
+      return;
+    }
+    this.log.warn({ err: error, path: this.path }, "upstream request failed");
+    this.req.resume();
+    sendError(this.res, this.path, 502, "Upstream unavailable");
   }
 }
 
 /**
- * A reverse proxy that lets through only requests bearing a valid API key, and tells upstream whose key it was:
- * `X-Keyledger-User-Id`, `X-Keyledger-Organization-Id`, `X-Keyledger-Permissions` (comma-separated).
+ * The gateway: lets through only requests bearing a valid API key, and tells upstream whose key it was:
+ * `X-Keyledger-User-Id`, `X-Keyledger-Organization-Id`, `X-Keyledger-Permissions` (comma-separated). On plain
+ * `node:http` with an undici pool upstream: the request path is one pass over the client's headers, a cache
+ * lookup and one upstream dispatch.
  */
-export async function buildGateway(options: GatewayOptions): Promise<FastifyInstance> {
-  const app = Fastify({
-    ...(options.loggerInstance ? { loggerInstance: options.loggerInstance } : { logger: options.logger ?? false }),
-    // No per-request log lines: the gateway sits on every request's path.
-    logController: new LogController({ disableRequestLogging: true }),
-  });
-  // Bodies are streamed upstream untouched.
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser("*", (_request, payload, done) => done(null, payload));
-  await app.register(replyFrom, {
-    base: options.upstreamUrl,
-    undici: { connections: options.upstreamConnections ?? 128, pipelining: 1, keepAliveTimeout: 30_000 },
-  });
-  app.decorateRequest("verifiedKey", null);
-
-  app.get("/health/live", async () => ({ status: "ok" }));
-  app.get("/health/ready", async (request, reply) => {
-    // Without NATS the gateway asks the API every time: ready at once. With it: once subscribed to the events.
-    if (options.verifier.invalidation === "none") return { status: "ok", checks: { nats: "off" } };
-    if (!options.verifier.subscribed) {
-      return sendError(reply, request.url, 503, "Not subscribed to key events yet");
-    }
-    return { status: "ok", checks: { nats: "subscribed" } };
-  });
-
-  app.addHook("onRequest", async (request, reply) => {
-    if (request.routeOptions.url === "/health/live" || request.routeOptions.url === "/health/ready") return;
-    const header = request.headers.authorization;
-    const bearer = typeof header === "string" ? BEARER.exec(header)?.[1] : undefined;
-    if (bearer === undefined) return sendError(reply, request.url, 401, "Invalid credentials");
-    let result: Awaited<ReturnType<Verifier["verify"]>>;
-    try {
-      result = await options.verifier.verify(bearer, { clientIp: request.ip });
-    } catch (error) {
-      request.log.warn({ err: error }, "key lookup failed");
-      return sendError(reply, request.url, 503, "Service temporarily unavailable");
-    }
-    if (!result.valid) {
-      request.log.debug({ code: result.code }, "API key rejected");
-      return sendError(reply, request.url, 401, "Invalid credentials");
-    }
-    const { userId, organizationId, permissions } = result.key;
-    request.verifiedKey = { userId, organizationId, permissions };
-  });
-
-  const proxy = async (request: import("fastify").FastifyRequest, reply: FastifyReply) => {
-    const key = request.verifiedKey;
-    if (key === null) return sendError(reply, request.url, 401, "Invalid credentials");
-    return reply.from(request.url, {
-      rewriteRequestHeaders: (_req, headers) => {
-        const forwarded: Record<string, unknown> = {};
-        for (const [name, value] of Object.entries(headers)) {
-          if (!name.toLowerCase().startsWith(IDENTITY_HEADER_PREFIX)) forwarded[name] = value;
-        }
-        forwarded[USER_ID_HEADER] = key.userId;
-        forwarded[ORGANIZATION_ID_HEADER] = key.organizationId;
-        forwarded[PERMISSIONS_HEADER] = key.permissions.join(",");
-        return forwarded as typeof headers;
-      },
-      onError: (errorReply, { error }) => {
-        request.log.warn({ err: error }, "upstream request failed");
-        sendError(errorReply as FastifyReply, request.url, 502, "Upstream unavailable");
-      },
+export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
+  const mode = options.mode ?? "proxy";
+  const { verifier } = options;
+  const log = options.log ?? silentLog;
+  let upstream: Pool | undefined;
+  if (mode === "proxy") {
+    if (options.upstreamUrl === undefined) throw new TypeError("buildGateway: proxy mode needs upstreamUrl");
+    const pipelining = options.upstreamPipelining ?? 1;
+    const connector = buildConnector({});
+    upstream = new Pool(new URL(options.upstreamUrl).origin, {
+      connections: options.upstreamConnections ?? 128,
+      pipelining,
+      keepAliveTimeout: 30_000,
+      // With pipelining, requests queued on one connection in the same turn share a socket write.
+      connect:
+        pipelining > 1
+          ? (connectOptions, callback) =>
+              connector(connectOptions, (error, socket) => {
+                if (error === null) coalesceWrites(socket as Socket);
+                callback(error, socket as never);
+              })
+          : undefined,
     });
+  }
+  const pool = upstream;
+  const blocking = (options.upstreamPipelining ?? 1) <= 1;
+
+  const health = (path: string, res: ServerResponse): boolean => {
+    if (path === "/health/live") {
+      sendJson(res, 200, { status: "ok" });
+      return true;
+    }
+    if (path === "/health/ready") {
+      // Without NATS the gateway asks the API every time: ready at once. With it: once subscribed to the events.
+      if (verifier.invalidation === "none") sendJson(res, 200, { status: "ok", checks: { nats: "off" } });
+      else if (!verifier.subscribed) sendError(res, path, 503, "Not subscribed to key events yet");
+      else sendJson(res, 200, { status: "ok", checks: { nats: "subscribed" } });
+      return true;
+    }
+    return false;
   };
-  app.all("/", proxy);
-  app.all("/*", proxy);
-  app.setNotFoundHandler((request, reply) =>
-    sendError(reply, request.url, 404, `Cannot ${request.method} ${request.url}`),
-  );
-  return app;
+
+  const forward = (req: IncomingMessage, res: ServerResponse, url: string, inbound: Inbound, key: VerifiedKey) => {
+    const headers = inbound.forward;
+    headers.push(
+      USER_ID_HEADER,
+      key.userId,
+      ORGANIZATION_ID_HEADER,
+      key.organizationId,
+      PERMISSIONS_HEADER,
+      key.permissions.join(","),
+    );
+    (pool as Pool).dispatch(
+      {
+        path: url,
+        method: req.method as Dispatcher.HttpMethod,
+        headers,
+        body: inbound.hasBody ? req : null,
+        // undici sends nothing behind a "blocking" request until its answer's headers: with pipelining, only GET and
+        // HEAD let others queue behind them (and undici sends other methods only on an idle connection).
+        blocking: blocking || (req.method !== "GET" && req.method !== "HEAD"),
+      },
+      new ProxyHandler(req, res, url, log),
+    );
+  };
+
+  const allow = (res: ServerResponse, key: VerifiedKey) => {
+    res.writeHead(200, [
+      USER_ID_HEADER,
+      key.userId,
+      ORGANIZATION_ID_HEADER,
+      key.organizationId,
+      PERMISSIONS_HEADER,
+      key.permissions.join(","),
+      "content-length",
+      "0",
+    ]);
+    res.end();
+  };
+
+  /** Where the error body says the request went: in forward-auth mode, the original request's URI when given. */
+  const pathFor = (req: IncomingMessage, url: string): string => {
+    if (mode === "proxy") return url;
+    const original = req.headers["x-forwarded-uri"] ?? req.headers["x-original-uri"];
+    return typeof original === "string" ? original : url;
+  };
+
+  const decide = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: string,
+    inbound: Inbound,
+    result: VerifyResult<VerifiedKey>,
+  ) => {
+    if (res.destroyed) return;
+    if (!result.valid) {
+      log.debug({ code: result.code }, "API key rejected");
+      req.resume();
+      sendError(res, pathFor(req, url), 401, "Invalid credentials");
+    } else if (mode === "forward-auth") {
+      req.resume();
+      allow(res, result.key);
+    } else {
+      forward(req, res, url, inbound, result.key);
+    }
+  };
+
+  const failed = (req: IncomingMessage, res: ServerResponse, url: string, error: unknown) => {
+    log.warn({ err: error }, "key lookup failed");
+    if (res.destroyed) return;
+    req.resume();
+    sendError(res, pathFor(req, url), 503, "Service temporarily unavailable");
+  };
+
+  const server = createServer((req, res) => {
+    const url = req.url ?? "/";
+    if (url.charCodeAt(0) === 47 /* "/" */ && url.startsWith("/health/")) {
+      const query = url.indexOf("?");
+      if (health(query === -1 ? url : url.slice(0, query), res)) return;
+    }
+    if (mode === "proxy" && url.charCodeAt(0) !== 47) {
+      // An absolute-form or `*` target: not a request for upstream.
+      req.resume();
+      sendError(res, url, 400, "Bad request target");
+      return;
+    }
+    const inbound = readInbound(req.rawHeaders);
+    if (inbound.bearer === undefined) {
+      req.resume();
+      sendError(res, pathFor(req, url), 401, "Invalid credentials");
+      return;
+    }
+    verifier.verify(inbound.bearer, { clientIp: req.socket.remoteAddress }).then(
+      (result) => decide(req, res, url, inbound, result),
+      (error: unknown) => failed(req, res, url, error),
+    );
+  });
+  // As fastify's defaults: clients' connections outlive a typical load balancer's idle timeout.
+  server.keepAliveTimeout = 72_000;
+
+  return {
+    server,
+    mode,
+    listen({ port, host }) {
+      return new Promise((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(port, host, () => {
+          server.off("error", reject);
+          const address = server.address() as AddressInfo;
+          const hostname = address.family === "IPv6" ? `[${address.address}]` : address.address;
+          resolve(`http://${hostname}:${address.port}`);
+        });
+      });
+    },
+    async close() {
+      await new Promise<void>((resolve) => {
+        if (!server.listening) return resolve();
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      });
+      await pool?.close();
+    },
+  };
 }

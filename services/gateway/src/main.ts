@@ -29,7 +29,14 @@ async function main() {
   if (config.natsUrl === undefined) {
     log.warn("NATS_URL is not set: nothing is cached, every request is checked with the API");
   }
-  const app = await buildGateway({ upstreamUrl: config.upstreamUrl, verifier, loggerInstance: log });
+  const gateway = await buildGateway({
+    mode: config.mode,
+    upstreamUrl: config.upstreamUrl,
+    upstreamConnections: config.upstreamConnections,
+    upstreamPipelining: config.upstreamPipelining,
+    verifier,
+    log,
+  });
   let closing = false;
   const shutdown = async (signal: string) => {
     if (closing) return;
@@ -37,13 +44,14 @@ async function main() {
     log.info({ signal }, "shutting down");
     const timer = setTimeout(() => process.exit(1), 10_000);
     timer.unref();
-    await app.close();
+    await gateway.close();
     await verifier.close();
     process.exit(0);
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
-  await app.listen({ port: config.port, host: config.host });
+  await gateway.listen({ port: config.port, host: config.host });
+  log.info({ port: config.port, mode: config.mode }, "gateway listening");
 }
 
 main().catch((error) => {
