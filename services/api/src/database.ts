@@ -27,5 +27,33 @@ export function createPostgresDatabase(options: DatabaseOptions): Kysely<unknown
   pool.on("connect", (client) => {
     client.on("error", () => {});
   });
-  return new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
+  const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
+  pools.set(db, pool);
+  return db;
+}
+
+const pools = new WeakMap<Kysely<unknown>, pg.Pool>();
+
+/**
+ * Runs a read whose text never changes as a named prepared statement on Postgres (each pooled connection parses
+ * and plans it once, then only executes it: planning is a large part of a short query), or through Kysely on any
+ * other database (PGlite). The statement must keep its result type: select explicit columns, never `*`, so a
+ * migration that adds a column cannot invalidate it.
+ */
+export async function queryPrepared<R>(
+  db: Kysely<unknown>,
+  name: string,
+  query: { compile(db: Kysely<unknown>): { sql: string; parameters: readonly unknown[] } },
+): Promise<R[]> {
+  const compiled = query.compile(db);
+  const pool = pools.get(db);
+  if (pool === undefined) {
+    return (await db.executeQuery<R>(compiled as Parameters<Kysely<unknown>["executeQuery"]>[0])).rows;
+  }
+  const result = await pool.query<R & pg.QueryResultRow>({
+    name,
+    text: compiled.sql,
+    values: compiled.parameters as unknown[],
+  });
+  return result.rows;
 }

@@ -1,6 +1,7 @@
 import type { MemberRole, Permission } from "@keyledger/domain";
 import type { ReadModelTables } from "@keyledger/projections";
 import { type Kysely, type Selectable, sql } from "kysely";
+import { queryPrepared } from "./database";
 
 export type ApiKeyRow = Selectable<ReadModelTables["api_keys"]>;
 export type MemberRow = { organizationId: string; userId: string; role: MemberRole; permissions: Permission[] };
@@ -69,7 +70,7 @@ export async function listLiveApiKeysJson(
   userId: string | undefined,
 ): Promise<string> {
   const ownedBy = userId === undefined ? sql`` : sql`AND k.user_id = ${userId}`;
-  const result = await sql<{ body: string }>`
+  const query = sql<{ body: string }>`
     SELECT '[' || coalesce(string_agg(doc, ',' ORDER BY last_used_at DESC NULLS LAST, created_at DESC), '') || ']'
            AS body
       FROM (SELECT row_to_json(item)::text AS doc, k.last_used_at, k.created_at
@@ -79,8 +80,13 @@ export async function listLiveApiKeysJson(
                             k.permissions, ${isoTime("k.last_used_at")} AS "lastUsedAt",
                             ${isoTime("k.expires_at")} AS "expiresAt", k.user_id AS "userId",
                             k.organization_id AS "organizationId") AS item
-             WHERE k.organization_id = ${organizationId} AND k.revoked_at IS NULL ${ownedBy}) AS listed`.execute(db);
-  return result.rows[0]?.body ?? "[]";
+             WHERE k.organization_id = ${organizationId} AND k.revoked_at IS NULL ${ownedBy}) AS listed`;
+  const rows = await queryPrepared<{ body: string }>(
+    db,
+    userId === undefined ? "keyledger_list_organization_keys" : "keyledger_list_user_keys",
+    query,
+  );
+  return rows[0]?.body ?? "[]";
 }
 
 export async function findMember(
