@@ -3,6 +3,14 @@ import type { EventMetadata, KeyledgerEvent } from "@keyledger/domain";
 import { type Kysely, type RawBuilder, sql } from "kysely";
 import type { EventStoreTables } from "./schema";
 
+/**
+ * Marks a statement whose text never changes (only its parameters) to be run as a prepared statement where the
+ * driver supports it (the API's Postgres pool: parsed and planned once per connection). Put it first in the text;
+ * elsewhere it is a comment. Such a statement must name its result columns (no `*`), so a migration adding a
+ * column cannot change a prepared statement's result type.
+ */
+export const PREPARED_STATEMENT = "/* keyledger:prepared */";
+
 /** An event as stored in the log. Positions are bigint strings as Postgres returns them. */
 export type RecordedEvent<E extends KeyledgerEvent = KeyledgerEvent> = E & {
   eventId: string;
@@ -174,9 +182,11 @@ export async function appendToStreamInOneStatement<E extends KeyledgerEvent>(
     ...(options.alsoWrite ?? []).map((statement, i) => sql`${sql.id(`also_${i}`)} AS (${statement})`),
   ];
   try {
-    const result = await sql<EventRow>`
+    const result = await sql<EventRow>`${sql.raw(PREPARED_STATEMENT)}
       WITH ${sql.join(ctes)}
-      SELECT * FROM ${sql.id(APPENDED_CTE)} ORDER BY stream_version`.execute(db);
+      SELECT global_position, transaction_id, event_id, stream_id, stream_version, event_type, data, metadata,
+             occurred_at
+        FROM ${sql.id(APPENDED_CTE)} ORDER BY stream_version`.execute(db);
     if (result.rows.length === 0) return undefined;
     return result.rows.map(toRecordedEvent) as RecordedEvent<E>[];
   } catch (error) {
@@ -209,7 +219,9 @@ export async function readStream(
   // expected-version check.)
   const skip = options.skipTypes ?? [];
   const skipped = skip.length > 0 ? sql`AND e.event_type NOT IN (${sql.join([...skip])})` : sql``;
-  const result = await sql<{ [K in keyof EventRow]: EventRow[K] | null } & { last_version: number | null }>`
+  const result = await sql<{ [K in keyof EventRow]: EventRow[K] | null } & { last_version: number | null }>`${sql.raw(
+    PREPARED_STATEMENT,
+  )}
     WITH last AS (SELECT max(stream_version) AS version FROM events WHERE stream_id = ${streamId})
     SELECT last.version AS last_version, e.global_position, e.transaction_id, e.event_id, e.stream_id,
            e.stream_version, e.event_type, e.data, e.metadata, e.occurred_at

@@ -1,3 +1,5 @@
+import { createHash } from "node:crypto";
+import { PREPARED_STATEMENT } from "@keyledger/event-store";
 import { Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
 
@@ -26,34 +28,35 @@ export function createPostgresDatabase(options: DatabaseOptions): Kysely<unknown
   // longer listens: unheard, that event would crash the process. Its query rejects (503) and the pool drops it.
   pool.on("connect", (client) => {
     client.on("error", () => {});
+    preparedWhenMarked(client);
   });
-  const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
-  pools.set(db, pool);
-  return db;
+  return new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
 }
 
-const pools = new WeakMap<Kysely<unknown>, pg.Pool>();
+/** Names of marked statements by their text (the text is the identity: a different text is a new statement). */
+const statementNames = new Map<string, string>();
+
+function statementName(text: string): string {
+  let name = statementNames.get(text);
+  if (name === undefined) {
+    name = `keyledger_${createHash("sha256").update(text).digest("hex").slice(0, 40)}`;
+    if (statementNames.size < 1_000) statementNames.set(text, name);
+  }
+  return name;
+}
 
 /**
- * Runs a read whose text never changes as a named prepared statement on Postgres (each pooled connection parses
- * and plans it once, then only executes it: planning is a large part of a short query), or through Kysely on any
- * other database (PGlite). The statement must keep its result type: select explicit columns, never `*`, so a
- * migration that adds a column cannot invalidate it.
+ * Statements whose text starts with `PREPARED_STATEMENT` (`@keyledger/event-store`) run as named prepared
+ * statements: each connection parses and plans them once, then only executes them (planning is a large part of a
+ * short statement here). Other databases (PGlite) see the marker as a comment.
  */
-export async function queryPrepared<R>(
-  db: Kysely<unknown>,
-  name: string,
-  query: { compile(db: Kysely<unknown>): { sql: string; parameters: readonly unknown[] } },
-): Promise<R[]> {
-  const compiled = query.compile(db);
-  const pool = pools.get(db);
-  if (pool === undefined) {
-    return (await db.executeQuery<R>(compiled as Parameters<Kysely<unknown>["executeQuery"]>[0])).rows;
-  }
-  const result = await pool.query<R & pg.QueryResultRow>({
-    name,
-    text: compiled.sql,
-    values: compiled.parameters as unknown[],
-  });
-  return result.rows;
+function preparedWhenMarked(client: pg.PoolClient): void {
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+  (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+    const [text, values] = args;
+    if (typeof text === "string" && text.startsWith(PREPARED_STATEMENT) && args.length <= 2) {
+      return query({ name: statementName(text), text, values });
+    }
+    return query(...args);
+  };
 }

@@ -1,7 +1,7 @@
 import type { MemberRole, Permission } from "@keyledger/domain";
+import { PREPARED_STATEMENT } from "@keyledger/event-store";
 import type { ReadModelTables } from "@keyledger/projections";
 import { type Kysely, type Selectable, sql } from "kysely";
-import { queryPrepared } from "./database";
 
 export type ApiKeyRow = Selectable<ReadModelTables["api_keys"]>;
 export type MemberRow = { organizationId: string; userId: string; role: MemberRole; permissions: Permission[] };
@@ -13,12 +13,13 @@ function readModel(db: Kysely<unknown>) {
 /**
  * The key whose current value, or previous value (rotation grace), has this hash; live or revoked; or undefined.
  */
-export function findApiKeyByHash(db: Kysely<unknown>, keyHash: string): Promise<ApiKeyRow | undefined> {
-  return readModel(db)
-    .selectFrom("api_keys")
-    .selectAll()
-    .where((eb) => eb.or([eb("key_hash", "=", keyHash), eb("previous_key_hash", "=", keyHash)]))
-    .executeTakeFirst();
+export async function findApiKeyByHash(db: Kysely<unknown>, keyHash: string): Promise<ApiKeyRow | undefined> {
+  const result = await sql<ApiKeyRow>`${sql.raw(PREPARED_STATEMENT)}
+    SELECT key_id, organization_id, user_id, name, key_hash, masked_value, permissions, created_at, expires_at,
+           last_used_at, revoked_at, revoked_reason, previous_key_hash, previous_valid_until, rotated_at
+      FROM api_keys WHERE key_hash = ${keyHash} OR previous_key_hash = ${keyHash}
+     LIMIT 1`.execute(db);
+  return result.rows[0];
 }
 
 /**
@@ -70,7 +71,7 @@ export async function listLiveApiKeysJson(
   userId: string | undefined,
 ): Promise<string> {
   const ownedBy = userId === undefined ? sql`` : sql`AND k.user_id = ${userId}`;
-  const query = sql<{ body: string }>`
+  const result = await sql<{ body: string }>`${sql.raw(PREPARED_STATEMENT)}
     SELECT '[' || coalesce(string_agg(doc, ',' ORDER BY last_used_at DESC NULLS LAST, created_at DESC), '') || ']'
            AS body
       FROM (SELECT row_to_json(item)::text AS doc, k.last_used_at, k.created_at
@@ -80,13 +81,8 @@ export async function listLiveApiKeysJson(
                             k.permissions, ${isoTime("k.last_used_at")} AS "lastUsedAt",
                             ${isoTime("k.expires_at")} AS "expiresAt", k.user_id AS "userId",
                             k.organization_id AS "organizationId") AS item
-             WHERE k.organization_id = ${organizationId} AND k.revoked_at IS NULL ${ownedBy}) AS listed`;
-  const rows = await queryPrepared<{ body: string }>(
-    db,
-    userId === undefined ? "keyledger_list_organization_keys" : "keyledger_list_user_keys",
-    query,
-  );
-  return rows[0]?.body ?? "[]";
+             WHERE k.organization_id = ${organizationId} AND k.revoked_at IS NULL ${ownedBy}) AS listed`.execute(db);
+  return result.rows[0]?.body ?? "[]";
 }
 
 export async function findMember(
