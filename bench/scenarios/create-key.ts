@@ -168,7 +168,7 @@ export const createKeyScenario: Scenario = {
           goal: "≥ 0.5×",
           pass: ratio >= 0.5,
           boundBy:
-            "Postgres round trips: about 9 statements in the command and 4-5 commits per create (relay, sealer), each a loopback write",
+            "loopback round trips and Postgres: 2 statements per create (stream read, one guarded append with its read-model row; the member is cached) plus batched relay and sealer passes; every socket write is costly on this VM, and the member row's FOR SHARE lock is contended by its owner's concurrent creates",
           details,
         },
         {
@@ -179,7 +179,7 @@ export const createKeyScenario: Scenario = {
           baseline: { label: "raw pg tx p99", value: details.baselineP99Ms, unit: "ms" },
           goal: "≤ 50 ms",
           pass: p99 <= 50,
-          boundBy: "queueing behind the API's CPU at 32 connections",
+          boundBy: "queueing at 32 connections behind the throughput above",
           details: { p50Ms: p50 },
         },
       ];

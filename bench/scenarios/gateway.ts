@@ -375,7 +375,7 @@ export const gatewayScenario: Scenario = {
           goal: "≤ 1 ms",
           pass: p50 <= 1,
           boundBy:
-            "commit → publish on NATS (about 2 ms p50 here), then the gateway applying it and the probe's next round trip",
+            "wake-ups: the API reading its COMMIT reply and publishing, NATS delivering (one bare hop is 0.2-0.6 ms p50 here), the gateway reading it, and the probe's next round trip",
           details,
         },
         {

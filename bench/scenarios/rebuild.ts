@@ -65,7 +65,8 @@ export const rebuildScenario: Scenario = {
         unit: "events/s",
         goal: "≥ 50,000 events/s",
         pass: result.eventsPerSecond >= 50_000,
-        boundBy: "CPU in Node (folding events into rows, parsing pages, GC) about 2/3 of the time, Postgres the rest",
+        boundBy:
+          "CPU in Node (parsing pages of the log, GC, folding) and Postgres (reading the log, writing rows, building indexes at the swap)",
         details: { ...expected, seconds: result.durationMs / 1000 },
       };
       return [figure];
