@@ -22,21 +22,25 @@ export const httpRequestDuration = new Histogram({
 export const API_KEY_VERIFICATION_OUTCOMES = ["valid", "malformed", "not_found", "expired", "revoked"] as const;
 export type ApiKeyVerificationOutcome = (typeof API_KEY_VERIFICATION_OUTCOMES)[number];
 
+/** Verifications per outcome, counted with a plain increment per request and reported when scraped. */
+const verificationCounts = new Map<ApiKeyVerificationOutcome, number>(
+  API_KEY_VERIFICATION_OUTCOMES.map((outcome) => [outcome, 0]),
+);
+
 export const apiKeyVerifications = new Counter({
   name: "keyledger_api_key_verifications_total",
   help: "API keys presented to the service, by outcome",
   labelNames: ["outcome"] as const,
   registers: [metricsRegistry],
+  collect() {
+    this.reset();
+    for (const [outcome, count] of verificationCounts) this.inc({ outcome }, count);
+  },
 });
-for (const outcome of API_KEY_VERIFICATION_OUTCOMES) apiKeyVerifications.inc({ outcome }, 0);
-
-const verificationsByOutcome = new Map(
-  API_KEY_VERIFICATION_OUTCOMES.map((outcome) => [outcome, apiKeyVerifications.labels({ outcome })]),
-);
 
 /** Counts one API-key verification. */
 export function recordApiKeyVerification(outcome: ApiKeyVerificationOutcome): void {
-  verificationsByOutcome.get(outcome)?.inc();
+  verificationCounts.set(outcome, (verificationCounts.get(outcome) ?? 0) + 1);
 }
 
 /** Something that keeps cache counters (the API-key verifier's `stats`). */
