@@ -1,11 +1,18 @@
 import { DomainError } from "@keyledger/domain";
+import { StreamVersionConflict } from "@keyledger/event-store";
 import type { FastifyRequest } from "fastify";
 import type { CommandContext } from "../../commands/key-commands";
 import { ApiError } from "../../http-errors";
 import type { JwtAuthContext } from "../../plugins/app/authentication";
 
-/** Maps a domain refusal to Daytona's status and message; anything else propagates. */
+/**
+ * Maps a domain refusal to Daytona's status and message; a stream that kept changing under every retry of the
+ * command to 409 (nothing was written; the client may try again); anything else propagates.
+ */
 export function asApiError(error: unknown): never {
+  if (error instanceof StreamVersionConflict) {
+    throw new ApiError(409, "API key was changed concurrently, try again");
+  }
   if (error instanceof DomainError) {
     switch (error.code) {
       case "KEY_NAME_TAKEN":
