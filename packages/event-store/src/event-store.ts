@@ -48,6 +48,23 @@ type EventRow = {
   occurred_at: Date;
 };
 
+const EVENT_COLUMN_NAMES = [
+  "global_position",
+  "transaction_id",
+  "event_id",
+  "stream_id",
+  "stream_version",
+  "event_type",
+  "data",
+  "metadata",
+  "occurred_at",
+] as const;
+
+/** The columns of an `EventRow`, for SELECT and RETURNING lists (`alias.` before each when given). */
+function eventColumns(alias?: string) {
+  return sql.join(EVENT_COLUMN_NAMES.map((column) => sql.ref(alias === undefined ? column : `${alias}.${column}`)));
+}
+
 export function toRecordedEvent(row: EventRow): RecordedEvent {
   return {
     type: row.event_type,
@@ -105,17 +122,7 @@ export async function appendToStream<E extends KeyledgerEvent>(
     const inserted = await db
       .insertInto("events")
       .values(rows)
-      .returning([
-        "global_position",
-        "transaction_id",
-        "event_id",
-        "stream_id",
-        "stream_version",
-        "event_type",
-        "data",
-        "metadata",
-        "occurred_at",
-      ])
+      .returning([...EVENT_COLUMN_NAMES])
       .execute();
     return inserted.map((row) => toRecordedEvent(row as EventRow)) as RecordedEvent<E>[];
   } catch (error) {
@@ -177,15 +184,13 @@ export async function appendToStreamInOneStatement<E extends KeyledgerEvent>(
              AS v(event_id uuid, stream_version integer, event_type text, data jsonb)
        WHERE TRUE ${reached} ${guard}
        ORDER BY v.stream_version
-      RETURNING global_position, transaction_id, event_id, stream_id, stream_version, event_type, data, metadata,
-                occurred_at)`,
+      RETURNING ${eventColumns()})`,
     ...(options.alsoWrite ?? []).map((statement, i) => sql`${sql.id(`also_${i}`)} AS (${statement})`),
   ];
   try {
     const result = await sql<EventRow>`${sql.raw(PREPARED_STATEMENT)}
       WITH ${sql.join(ctes)}
-      SELECT global_position, transaction_id, event_id, stream_id, stream_version, event_type, data, metadata,
-             occurred_at
+      SELECT ${eventColumns()}
         FROM ${sql.id(APPENDED_CTE)} ORDER BY stream_version`.execute(db);
     if (result.rows.length === 0) return undefined;
     return result.rows.map(toRecordedEvent) as RecordedEvent<E>[];
@@ -223,8 +228,7 @@ export async function readStream(
     PREPARED_STATEMENT,
   )}
     WITH last AS (SELECT max(stream_version) AS version FROM events WHERE stream_id = ${streamId})
-    SELECT last.version AS last_version, e.global_position, e.transaction_id, e.event_id, e.stream_id,
-           e.stream_version, e.event_type, e.data, e.metadata, e.occurred_at
+    SELECT last.version AS last_version, ${eventColumns("e")}
       FROM last LEFT JOIN events e ON e.stream_id = ${streamId} ${skipped}
      ORDER BY e.stream_version`.execute(db);
   return {
@@ -252,8 +256,7 @@ export async function readStreams(
     WITH wanted AS (SELECT DISTINCT unnest(${[...streamIds]}::text[]) AS stream_id),
          last AS (SELECT w.stream_id, (SELECT max(stream_version) FROM events v WHERE v.stream_id = w.stream_id) AS version
                     FROM wanted w)
-    SELECT last.stream_id AS wanted, last.version AS last_version, e.global_position, e.transaction_id, e.event_id,
-           e.stream_id, e.stream_version, e.event_type, e.data, e.metadata, e.occurred_at
+    SELECT last.stream_id AS wanted, last.version AS last_version, ${eventColumns("e")}
       FROM last LEFT JOIN events e ON e.stream_id = last.stream_id ${skipped}
      ORDER BY last.stream_id, e.stream_version`.execute(db);
   for (const row of result.rows) {
@@ -318,8 +321,7 @@ export async function appendToStreams(
              AS v(event_id uuid, stream_id text, stream_version integer, event_type text, data jsonb, metadata jsonb,
                   occurred_at timestamptz)
        ORDER BY a.n
-      RETURNING global_position, transaction_id, event_id, stream_id, stream_version, event_type, data, metadata,
-                occurred_at`.execute(trx);
+      RETURNING ${eventColumns()}`.execute(trx);
     const byId = new Map(inserted.rows.map((row) => [row.event_id, toRecordedEvent(row)]));
     return rows.map((row) => byId.get(row.event_id) as RecordedEvent);
   } catch (error) {
@@ -340,8 +342,7 @@ export async function readAllAfter(
   limit = 500,
 ): Promise<RecordedEvent[]> {
   const result = await sql<EventRow>`
-    SELECT global_position, transaction_id, event_id, stream_id, stream_version, event_type, data, metadata,
-           occurred_at
+    SELECT ${eventColumns()}
       FROM events
      WHERE (transaction_id, global_position) > (${checkpoint.transactionId}::xid8, ${checkpoint.globalPosition}::bigint)
        AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())

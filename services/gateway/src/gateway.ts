@@ -65,20 +65,13 @@ const HOP_BY_HOP = new Set([
 
 /** Daytona's error body: `{ path, timestamp, statusCode, error, message }`. */
 function sendError(res: ServerResponse, path: string, statusCode: number, message: string): void {
-  const body = JSON.stringify({
+  sendJson(res, statusCode, {
     path,
     timestamp: new Date().toISOString(),
     statusCode,
     error: STATUS_CODES[statusCode] ?? "Error",
     message,
   });
-  res.writeHead(statusCode, [
-    "content-type",
-    "application/json; charset=utf-8",
-    "content-length",
-    String(Buffer.byteLength(body)),
-  ]);
-  res.end(body);
 }
 
 function sendJson(res: ServerResponse, statusCode: number, value: unknown): void {
