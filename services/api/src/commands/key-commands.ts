@@ -60,22 +60,23 @@ export type CommandContext = { metadata: EventMetadata; now: Date };
 
 type Db = Kysely<unknown>;
 
+/**
+ * A key's state from its stream read without `KeyUsed` events, plus its last use (`KeyUsed` only changes
+ * `lastUsedAt`, so the last one is all the throttle needs).
+ */
+function apiKeyState(events: readonly RecordedEvent[], lastUse: KeyUsed["data"] | undefined): ApiKeyState {
+  const state = events.reduce((s, e) => evolveApiKey(s, e as KeyEvent), initialApiKeyState);
+  return lastUse && state.status !== "absent" ? evolveApiKey(state, { type: "KeyUsed", data: lastUse }) : state;
+}
+
 async function loadApiKey(
   trx: Db,
   streamId: string,
   withLastUse: boolean,
 ): Promise<{ state: ApiKeyState; version: number }> {
   const { version, events } = await readStream(trx, streamId, { skipTypes: ["KeyUsed"] });
-  let state = events.reduce((s, e) => evolveApiKey(s, e as KeyEvent), initialApiKeyState);
-  if (withLastUse && state.status !== "absent") {
-    const last = await sql<{ data: KeyEvent["data"] }>`
-      SELECT data FROM events
-       WHERE stream_id = ${streamId} AND event_type = 'KeyUsed'
-       ORDER BY stream_version DESC LIMIT 1`.execute(trx);
-    const lastUse = last.rows[0]?.data;
-    if (lastUse && "usedAt" in lastUse) state = evolveApiKey(state, { type: "KeyUsed", data: lastUse });
-  }
-  return { state, version };
+  const lastUse = withLastUse ? (await lastKeyUses(trx, [streamId])).get(streamId) : undefined;
+  return { state: apiKeyState(events, lastUse), version };
 }
 
 /** The data of each stream's last `KeyUsed` (one statement; an index scan per stream). */
@@ -296,14 +297,14 @@ export class KeyCommands {
       const reads = await readStreams(trx, streamIds, { skipTypes: ["KeyUsed"] });
       const lastUses = await lastKeyUses(trx, streamIds);
       const appends: StreamAppend[] = [];
+      const appending = new Set<string>();
       uses.forEach(({ context }, i) => {
         const streamId = streamIds[i] as string;
         const read = reads.get(streamId) ?? { version: 0, events: [] };
-        let state = read.events.reduce((s, e) => evolveApiKey(s, e as KeyEvent), initialApiKeyState);
-        const lastUse = lastUses.get(streamId);
-        if (lastUse && state.status !== "absent") state = evolveApiKey(state, { type: "KeyUsed", data: lastUse });
+        const state = apiKeyState(read.events, lastUses.get(streamId));
         const events = decideApiKey({ type: "RecordKeyUse", data: { usedAt: context.now, throttleMs } }, state);
-        if (events.length > 0 && !appends.some((a) => a.streamId === streamId)) {
+        if (events.length > 0 && !appending.has(streamId)) {
+          appending.add(streamId);
           appends.push({
             streamId,
             expectedVersion: read.version,
