@@ -1,5 +1,5 @@
 import { createPostgresDatabase, openEmbeddedDatabase } from "@keyledger/api";
-import { appendToStream } from "@keyledger/event-store";
+import { AppendNotifier, appendToStream } from "@keyledger/event-store";
 import pg from "pg";
 import { describe, expect, inject, it } from "vitest";
 import { uniqueId } from "../support/api-harness";
@@ -12,17 +12,19 @@ describeEventStore("Postgres", async () =>
 );
 describeEventStore("PGlite (embedded, in memory)", () => openEmbeddedDatabase({ dataDir: undefined }));
 
-describe("appends notify the log's readers (Postgres)", () => {
-  it("an append that does not call notifyAppended still notifies keyledger_events when it commits", async () => {
+describe("appends notify the log's readers after they commit (Postgres)", () => {
+  it("an append sends no NOTIFY inside its transaction; AppendNotifier sends one at once, then one per interval", async () => {
     const url = inject("databaseUrl");
     const listener = new pg.Client({ connectionString: url });
     await listener.connect();
     const db = createPostgresDatabase({ connectionString: url, maxConnections: 2 });
     try {
-      const notified: string[] = [];
-      listener.on("notification", (message) => notified.push(message.channel));
+      const notified: number[] = [];
+      listener.on("notification", (message) => {
+        if (message.channel === "keyledger_events") notified.push(performance.now());
+      });
       await listener.query("LISTEN keyledger_events");
-      let appendedBeforeCommit = 0;
+      // No NOTIFY inside the appending transaction: it would serialize concurrent commits (see migration 0007).
       await db.transaction().execute(async (trx) => {
         await appendToStream(trx, uniqueId("stream"), 0, [{ type: "Opened", data: {} } as never], {
           actorUserId: "user-1",
@@ -30,12 +32,27 @@ describe("appends notify the log's readers (Postgres)", () => {
           authMethod: "jwt",
           requestId: null,
         });
-        await new Promise((resolve) => setTimeout(resolve, 200));
-        appendedBeforeCommit = notified.length;
       });
-      await until("the notification", async () => (notified.length > 0 ? true : undefined), 10_000);
-      expect(appendedBeforeCommit).toBe(0);
-      expect(notified).toContain("keyledger_events");
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(notified).toHaveLength(0);
+
+      // A burst of commits: the first is announced at once, the rest together one interval later.
+      const notifier = new AppendNotifier(db, { minIntervalMs: 300 });
+      const burstAt = performance.now();
+      for (let i = 0; i < 50; i++) notifier.appended();
+      await until("the first notification", async () => (notified.length >= 1 ? true : undefined), 10_000);
+      await until("the second notification", async () => (notified.length >= 2 ? true : undefined), 10_000);
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      expect(notified).toHaveLength(2);
+      expect((notified[1] as number) - burstAt).toBeGreaterThanOrEqual(290);
+
+      // close() sends what is pending, and nothing after.
+      notifier.appended();
+      await notifier.close();
+      await until("the pending notification", async () => (notified.length >= 3 ? true : undefined), 10_000);
+      notifier.appended();
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      expect(notified).toHaveLength(3);
     } finally {
       await listener.end();
       await db.destroy();

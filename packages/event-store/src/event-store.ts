@@ -201,8 +201,8 @@ export async function appendToStreamInOneStatement<E extends KeyledgerEvent>(
 }
 
 /**
- * Wakes readers of the whole log (projector, relay) when the transaction commits. Appends need not call it: a
- * trigger on `events` (migration 0006) notifies `keyledger_events` for every inserting statement.
+ * Wakes readers of the whole log (projector, relay) when the transaction commits. Outside a transaction it commits
+ * by itself: `AppendNotifier` sends it that way after appends committed, coalescing many commits into one.
  */
 export async function notifyAppended(trx: Kysely<unknown>, channel = "keyledger_events"): Promise<void> {
   await sql`SELECT pg_notify(${channel}, '')`.execute(trx);

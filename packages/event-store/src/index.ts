@@ -1,3 +1,4 @@
+export * from "./append-notifier";
 export * from "./event-store";
 export * from "./migrate";
 export type * from "./schema";

@@ -94,14 +94,18 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   members = new MemberCache(options.db, verifier);
   app.decorate("apiKeyVerifier", verifier);
   app.decorate("eventBus", eventBus);
-  const commands = new KeyCommands(options.db, (events) => {
-    for (const event of events) {
-      verifier.applyEvent(event);
-      members?.applyEvent(event);
-    }
-    eventBus?.publishCommitted(events);
-    options.onCommitted?.(events);
-  });
+  const commands = new KeyCommands(
+    options.db,
+    (events) => {
+      for (const event of events) {
+        verifier.applyEvent(event);
+        members?.applyEvent(event);
+      }
+      eventBus?.publishCommitted(events);
+      options.onCommitted?.(events);
+    },
+    { onError: (error) => app.log.warn({ err: error }, "could not notify the log's readers; they will poll") },
+  );
   const usage = new KeyUsageRecorder(commands, options.keyUsedThrottleMs, app.log);
   if (options.nats?.membership) eventBus?.consumeMembership(options.nats.membership, commands, app.log);
   eventBus?.onKeyUseReports(options.nats?.subjectPrefix ?? "", (report) => {
@@ -126,6 +130,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
   app.addHook("onClose", async () => {
     await usage.flush();
+    await commands.close();
     await eventBus?.close();
     await verifier.close();
   });
