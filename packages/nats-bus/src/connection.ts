@@ -99,6 +99,9 @@ export class NatsLink {
           timeout: 2_000,
           pingInterval: 10_000,
           maxPingOut: 2,
+          // No stack captured at every request (each JetStream publish is one): two Error objects per event
+          // published otherwise, a few % of the API's CPU when creates are busy. Errors keep their messages.
+          noAsyncTraces: true,
         });
         if (this.isClosed()) {
           await nc.close();

@@ -23,6 +23,8 @@ import {
 } from "@keyledger/domain";
 import {
   APPENDED_CTE,
+  AppendNotifier,
+  type AppendNotifierOptions,
   appendToStream,
   appendToStreamInOneStatement,
   appendToStreams,
@@ -104,17 +106,37 @@ async function loadMember(trx: Db, streamId: string): Promise<{ state: MemberSta
  * the read-model changes in one transaction. A concurrent append to the same stream retries with fresh state.
  */
 export class KeyCommands {
+  private readonly notifier: AppendNotifier;
+
+  /**
+   * `onCommitted` sees each command's events after its commit. The log's readers (projector, relay) are woken after
+   * commits by an `AppendNotifier` (`notify`: its options).
+   */
   constructor(
     private readonly db: Db,
     private readonly onCommitted: OnCommitted = () => {},
-  ) {}
+    notify: AppendNotifierOptions = {},
+  ) {
+    this.notifier = new AppendNotifier(db, notify);
+  }
+
+  /** Sends a pending wake-up to the log's readers; later commands do not notify. */
+  close(): Promise<void> {
+    return this.notifier.close();
+  }
+
+  private committed(events: RecordedEvent[]): void {
+    if (events.length === 0) return;
+    this.onCommitted(events); // first: it publishes the events to the gateways
+    this.notifier.appended();
+  }
 
   private async run<T>(work: (trx: Db, appended: RecordedEvent[]) => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       const appended: RecordedEvent[] = [];
       try {
         const result = await this.db.transaction().execute((trx) => work(trx, appended));
-        if (appended.length > 0) this.onCommitted(appended);
+        this.committed(appended);
         return result;
       } catch (error) {
         if ((error instanceof StreamVersionConflict || isRetryableConflict(error)) && attempt < MAX_ATTEMPTS) continue;
@@ -151,8 +173,8 @@ export class KeyCommands {
   }
 
   /**
-   * Creates a key for the caller in one statement after one read: the key's stream is read, the domain decides,
-   * and the append, the read-model row and the grantor check commit together. The grantor's access (`grantor`: as
+   * Creates a key for the caller, usually in one statement: the domain decides (against an empty stream first, see
+   * below), and the append, the read-model row and the grantor check commit together. The grantor's access (`grantor`: as
    * authentication just read it, else read here) is re-checked in that statement under a share lock, so a
    * concurrent downgrade either waits for the create (and then sees the new key) or makes it read and decide again.
    */
@@ -172,12 +194,18 @@ export class KeyCommands {
   ): Promise<KeyEvent> {
     const streamId = keyStreamId(input.organizationId, input.userId, input.name);
     let grantor = grantorAsAuthenticated;
+    // Most creates use a name never used before: the first attempt decides against an empty stream without reading
+    // it, and the append (expected version 0) checks that in its statement. A name with history makes it fail with
+    // a version conflict; the next attempt reads the stream and decides again.
+    let assumeNewStream = true;
     for (let attempt = 1; ; attempt++) {
       if (grantor === undefined) {
         grantor = await findMember(this.db, input.organizationId, input.userId);
         if (!grantor) throw invalidAuthContext();
       }
-      const { state, version } = await loadApiKey(this.db, streamId, false);
+      const { state, version } = assumeNewStream
+        ? { state: initialApiKeyState, version: 0 }
+        : await loadApiKey(this.db, streamId, false);
       const events = decideApiKey(
         {
           type: "CreateKey",
@@ -205,6 +233,11 @@ export class KeyCommands {
           },
         );
       } catch (error) {
+        if (error instanceof StreamVersionConflict && assumeNewStream) {
+          assumeNewStream = false;
+          attempt--; // finding out the stream has history is not a conflict with another writer
+          continue;
+        }
         if ((error instanceof StreamVersionConflict || isRetryableConflict(error)) && attempt < MAX_ATTEMPTS) continue;
         throw error;
       }
@@ -214,7 +247,7 @@ export class KeyCommands {
         grantor = undefined;
         continue;
       }
-      this.onCommitted(recorded);
+      this.committed(recorded);
       return events[0] as KeyEvent;
     }
   }
