@@ -88,6 +88,36 @@ describe("concurrent creates of one name through the API", () => {
     expect(await keyCreatedCount(org, b, "shared-name")).toBe(1);
   });
 
+  it("a name with history (a create assumes a new stream first): re-create after delete, 409 while live", async () => {
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    await api.setMember(org, user, "owner");
+    const headers = { ...(await api.jwtHeaders(user, org)), "content-type": "application/json" };
+    const create = () =>
+      fetch(`${api.baseUrl}/api/api-keys`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify({ name: "reused", permissions: [] }),
+      });
+    expect((await create()).status).toBe(201);
+    expect((await fetch(`${api.baseUrl}/api/api-keys/reused`, { method: "DELETE", headers })).status).toBe(204);
+    const again = await create();
+    expect(again.status).toBe(201);
+    const taken = await create();
+    expect(taken.status).toBe(409);
+    expectErrorBody(await taken.json(), 409, "API key with this name already exists", "/api/api-keys");
+    const stream = await sql<{ stream_version: number; event_type: string }>`
+      SELECT stream_version, event_type FROM events
+       WHERE stream_id = ${keyStreamId(org, user, "reused")} AND event_type <> 'KeyUsed' ORDER BY stream_version
+    `.execute(api.db);
+    expect(stream.rows.map((r) => [r.stream_version, r.event_type])).toEqual([
+      [1, "KeyCreated"],
+      [2, "KeyRevoked"],
+      [3, "KeyCreated"],
+    ]);
+    expect(await liveRows(org, user, "reused")).toBe(1);
+  });
+
   it("a create racing a delete of the same name never leaves two live keys", async () => {
     const org = uniqueId("org");
     const user = uniqueId("user");
