@@ -25,6 +25,8 @@ export function organizationOf(event: RecordedEvent): string {
 export class EventPublisher {
   private js: JetStreamClient | undefined;
   private readonly log: BusLogger;
+  private fastPathQueue: RecordedEvent[] = [];
+  private fastPathScheduled: NodeJS.Immediate | undefined;
 
   constructor(
     private readonly link: NatsLink,
@@ -66,6 +68,17 @@ export class EventPublisher {
    * is attempted while NATS is down.
    */
   publishCommitted(events: readonly RecordedEvent[]): void {
+    if (!this.link.connection || !this.link.connected) return;
+    // Commands that commit in the same turn of the event loop go out in one socket write (the client flushes
+    // after each callback otherwise): sent from setImmediate, at the end of the turn.
+    for (const event of events) this.fastPathQueue.push(event);
+    this.fastPathScheduled ??= setImmediate(() => this.sendFastPath());
+  }
+
+  private sendFastPath(): void {
+    this.fastPathScheduled = undefined;
+    const events = this.fastPathQueue;
+    this.fastPathQueue = [];
     const nc = this.link.connection;
     if (!nc || !this.link.connected) return;
     for (const event of events) {
