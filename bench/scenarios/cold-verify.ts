@@ -101,7 +101,9 @@ export const coldVerifyScenario: Scenario = {
         const raw = await rawLookupLatencies(env.database.url, forRawLookups);
         const rawP50 = percentile(raw, 50);
         const rawP99 = percentile(raw, 99);
-        context.log(`raw pg lookup (one client, other cold keys): p50 ${rawP50.toFixed(2)} ms, p99 ${rawP99.toFixed(2)} ms`);
+        context.log(
+          `raw pg lookup (one client, other cold keys): p50 ${rawP50.toFixed(2)} ms, p99 ${rawP99.toFixed(2)} ms`,
+        );
         const figure: Figure = {
           id: "cold-verify-p99",
           label: `cold verify (cache miss, ${keys.toLocaleString("en-US")} keys), p99`,
