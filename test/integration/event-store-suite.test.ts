@@ -13,7 +13,7 @@ describeEventStore("Postgres", async () =>
 describeEventStore("PGlite (embedded, in memory)", () => openEmbeddedDatabase({ dataDir: undefined }));
 
 describe("appends notify the log's readers after they commit (Postgres)", () => {
-  it("an append sends no NOTIFY inside its transaction; AppendNotifier sends one at once, then one per interval", async () => {
+  it("an append sends no NOTIFY inside its transaction; AppendNotifier sends one at once (or after delayMs), then one per interval", async () => {
     const url = inject("databaseUrl");
     const listener = new pg.Client({ connectionString: url });
     await listener.connect();
@@ -46,13 +46,21 @@ describe("appends notify the log's readers after they commit (Postgres)", () => 
       expect(notified).toHaveLength(2);
       expect((notified[1] as number) - burstAt).toBeGreaterThanOrEqual(290);
 
+      // With delayMs, the first notification after a quiet spell waits that long.
+      const delayed = new AppendNotifier(db, { delayMs: 250 });
+      const delayedAt = performance.now();
+      delayed.appended();
+      await until("the delayed notification", async () => (notified.length >= 3 ? true : undefined), 10_000);
+      expect((notified[2] as number) - delayedAt).toBeGreaterThanOrEqual(240);
+      await delayed.close();
+
       // close() sends what is pending, and nothing after.
       notifier.appended();
       await notifier.close();
-      await until("the pending notification", async () => (notified.length >= 3 ? true : undefined), 10_000);
+      await until("the pending notification", async () => (notified.length >= 4 ? true : undefined), 10_000);
       notifier.appended();
       await new Promise((resolve) => setTimeout(resolve, 400));
-      expect(notified).toHaveLength(3);
+      expect(notified).toHaveLength(4);
     } finally {
       await listener.end();
       await db.destroy();

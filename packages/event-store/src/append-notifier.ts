@@ -4,15 +4,21 @@ import { notifyAppended } from "./event-store";
 export type AppendNotifierOptions = {
   /** Channel the log's readers LISTEN on; default `keyledger_events`. */
   channel?: string;
-  /** At most one notification per this many milliseconds (the first after a quiet spell goes at once); default 15. */
+  /** At most one notification per this many milliseconds; default 15. */
   minIntervalMs?: number;
+  /**
+   * How long the first notification after a quiet spell waits (default 0: at once). A process that also
+   * publishes its commits elsewhere first (the API's NATS fast path) can give that delivery a head start over
+   * the readers' work, which competes with it for the CPU.
+   */
+  delayMs?: number;
   /** A notification that failed (the readers then find the appends on their next poll). */
   onError?: (error: unknown) => void;
 };
 
 /**
  * Wakes the log's readers (projector, relay, audit event streams) after appends have committed, with a
- * `pg_notify` of its own: at once after a quiet spell, then at most once per `minIntervalMs` however many
+ * `pg_notify` of its own: `delayMs` after a quiet spell, then at most once per `minIntervalMs` however many
  * transactions commit in between.
  *
  * Why not notify inside the appending transaction: Postgres serializes every committing transaction that sent a
@@ -49,7 +55,10 @@ export class AppendNotifier {
 
   private schedule(): void {
     if (this.sending || this.timer || !this.pending) return;
-    const wait = this.lastSentAt + (this.options.minIntervalMs ?? 15) - performance.now();
+    const wait = Math.max(
+      this.options.delayMs ?? 0,
+      this.lastSentAt + (this.options.minIntervalMs ?? 15) - performance.now(),
+    );
     if (wait <= 0) {
       void this.send();
       return;

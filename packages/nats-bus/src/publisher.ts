@@ -12,6 +12,9 @@ export type EventPublisherOptions = {
   log?: BusLogger;
 };
 
+/** Events no cache is waiting for: the fast path may hold them until the end of the event loop's turn. */
+const DEFERRABLE_EVENT_TYPES: ReadonlySet<string> = new Set(["KeyCreated", "KeyUsed"]);
+
 /** The organization an event belongs to: every event carries it in its data and metadata. */
 export function organizationOf(event: RecordedEvent): string {
   const fromData = (event.data as { organizationId?: unknown }).organizationId;
@@ -69,13 +72,17 @@ export class EventPublisher {
    */
   publishCommitted(events: readonly RecordedEvent[]): void {
     if (!this.link.connection || !this.link.connected) return;
-    // Commands that commit in the same turn of the event loop go out in one socket write (the client flushes
-    // after each callback otherwise): sent from setImmediate, at the end of the turn.
     for (const event of events) this.fastPathQueue.push(event);
-    this.fastPathScheduled ??= setImmediate(() => this.sendFastPath());
+    // A revocation, rotation or membership change goes out at once (with whatever is queued before it, in order):
+    // gateways must drop keys within milliseconds. Creations and uses wait for the end of this turn of the event
+    // loop, so the commands that commit in one turn share one socket write (the client writes after each callback
+    // otherwise); about 0.2 ms later here.
+    if (events.some((event) => !DEFERRABLE_EVENT_TYPES.has(event.type))) this.sendFastPath();
+    else this.fastPathScheduled ??= setImmediate(() => this.sendFastPath());
   }
 
   private sendFastPath(): void {
+    if (this.fastPathScheduled) clearImmediate(this.fastPathScheduled);
     this.fastPathScheduled = undefined;
     const events = this.fastPathQueue;
     this.fastPathQueue = [];

@@ -104,7 +104,12 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
       eventBus?.publishCommitted(events);
       options.onCommitted?.(events);
     },
-    { onError: (error) => app.log.warn({ err: error }, "could not notify the log's readers; they will poll") },
+    {
+      // The projector and relay start work when notified; 5 ms lets the fast path's NATS delivery (revocations to
+      // the gateways) go first instead of competing with them for the CPU (p50 commit -> NATS 1.0 -> 0.5 ms here).
+      delayMs: 5,
+      onError: (error) => app.log.warn({ err: error }, "could not notify the log's readers; they will poll"),
+    },
   );
   const usage = new KeyUsageRecorder(commands, options.keyUsedThrottleMs, app.log);
   if (options.nats?.membership) eventBus?.consumeMembership(options.nats.membership, commands, app.log);

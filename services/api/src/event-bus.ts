@@ -43,11 +43,15 @@ export type EventBusOptions = {
  * The API's NATS side: one connection for the fast-path publisher, the relay and gateways' key-use reports.
  * Starting it never waits for NATS; while NATS is down commands still commit and the relay catches up later.
  */
+/** How long after a commit the relay is woken (the fast path has published the events by then). */
+const RELAY_WAKE_DELAY_MS = 5;
+
 export class ApiEventBus {
   readonly link: NatsLink;
   readonly relay: EventRelay | undefined;
   private readonly publisher: EventPublisher;
   private readonly unsubscribers: (() => void)[] = [];
+  private relayWake: NodeJS.Timeout | undefined;
 
   constructor(options: EventBusOptions, db: Kysely<unknown>, log: BusLogger) {
     this.link = new NatsLink({ servers: options.url, name: "keyledger-api", log });
@@ -65,10 +69,19 @@ export class ApiEventBus {
     }
   }
 
-  /** Fast path, called after a command commits: publish now rather than at the relay's next read. */
+  /**
+   * Fast path, called after a command commits: publish now rather than at the relay's next read. The relay is
+   * woken `RELAY_WAKE_DELAY_MS` later, so its read and republish do not compete with this delivery for the CPU.
+   */
   publishCommitted(events: RecordedEvent[]): void {
     this.publisher.publishCommitted(events);
-    this.relay?.wake();
+    if (this.relay && this.relayWake === undefined) {
+      this.relayWake = setTimeout(() => {
+        this.relayWake = undefined;
+        this.relay?.wake();
+      }, RELAY_WAKE_DELAY_MS);
+      this.relayWake.unref();
+    }
   }
 
   /** Receives gateways' key-use reports (one replica per batch, by queue group). */
@@ -102,6 +115,7 @@ export class ApiEventBus {
   }
 
   async close(): Promise<void> {
+    clearTimeout(this.relayWake);
     for (const unsubscribe of this.unsubscribers) unsubscribe();
     await this.relay?.stop();
     await this.link.close();
