@@ -14,8 +14,8 @@ import { ensureEventStream } from "./stream";
 
 export type EventRelayOptions = {
   /**
-   * Postgres: the relay opens its own session, which holds the advisory lock, LISTENs for appends, reads and
-   * checkpoints. Give `db` instead only for a single-process database (the embedded PGlite): no lock, no LISTEN
+   * Postgres: the relay opens its own session, which holds the advisory lock, LISTENs for appends (unless
+   * `notifications` is given), reads and checkpoints. Give `db` instead only for a single-process database (the embedded PGlite): no lock, no LISTEN
    * (it polls, and `wake()` after commits).
    */
   databaseUrl?: string;
@@ -41,6 +41,11 @@ export type EventRelayOptions = {
   retryDelayMs?: number;
   publishTimeoutMs?: number;
   notifyChannel?: string;
+  /**
+   * Where the relay hears of appends instead of a LISTEN on its own session, e.g. the process's shared listener:
+   * one listening connection fewer, and one backend fewer that Postgres wakes for every NOTIFY in the database.
+   */
+  notifications?: { subscribe(channel: string, handler: (payload: string) => void): () => void };
   log?: BusLogger;
 };
 
@@ -78,6 +83,7 @@ export class EventRelay {
   private readonly log: BusLogger;
   private readonly checkpointName: string;
   private readonly unsubscribeLink: () => void;
+  private readonly unsubscribeNotifications: () => void;
   readonly stats: RelayStats = { published: 0, duplicates: 0, failedPublishes: 0 };
 
   constructor(private readonly options: EventRelayOptions) {
@@ -89,6 +95,8 @@ export class EventRelay {
       log: this.log,
     });
     this.unsubscribeLink = options.link.onChange(() => this.wake());
+    this.unsubscribeNotifications =
+      options.notifications?.subscribe(options.notifyChannel ?? "keyledger_events", () => this.wake()) ?? (() => {});
   }
 
   /** True while this relay holds the lock and publishes. */
@@ -111,6 +119,7 @@ export class EventRelay {
   async stop(): Promise<void> {
     this.running = false;
     this.unsubscribeLink();
+    this.unsubscribeNotifications();
     this.wake();
     await this.loop;
   }
@@ -165,8 +174,10 @@ export class EventRelay {
         if (!(await this.acquireLock(client, () => broken))) continue;
         this.active = true;
         this.log.info({ checkpoint: this.checkpointName }, "event relay active");
-        client.on("notification", () => this.wake());
-        await client.query(`LISTEN ${client.escapeIdentifier(this.options.notifyChannel ?? "keyledger_events")}`);
+        if (!this.options.notifications) {
+          client.on("notification", () => this.wake());
+          await client.query(`LISTEN ${client.escapeIdentifier(this.options.notifyChannel ?? "keyledger_events")}`);
+        }
         await this.publishLoop(sessionDatabase(client), () => broken);
       } catch (error) {
         if (this.running) this.log.warn({ err: error }, "event relay interrupted; retrying");

@@ -14,6 +14,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { uniqueId } from "../../../test/support/api-harness";
 import { type OwnNatsServer, readStreamEvents, startNatsServer, testEventStream } from "../../../test/support/nats";
+import { PgNotificationListener } from "../../projections/src/index";
 import { EventPublisher, EventRelay, ensureEventStream, NatsLink, organizationSubjectFilter } from "../src/index";
 
 const databaseUrl = () => inject("databaseUrl");
@@ -132,6 +133,52 @@ describe("event relay", () => {
       expect(await eventIdsInStream(org)).toEqual(expected);
     } finally {
       await relay.stop();
+    }
+  });
+
+  it("is woken through a shared notification listener (no LISTEN of its own) when one is given", async () => {
+    const org = uniqueId("org.shared-listener");
+    const checkpointName = await checkpointAtHead(db);
+    const listener = new PgNotificationListener({ connectionString: databaseUrl(), reconnectDelayMs: 100 });
+    // The relay asks for keyledger_events; this source hands it a channel nobody else uses, so only a wake-up
+    // through the source (not a LISTEN on the relay's own session) can make it publish soon: it polls once an hour.
+    const wakeChannel = `relay_test_${randomUUID().replaceAll("-", "")}`;
+    const asked: string[] = [];
+    const relay = new EventRelay({
+      databaseUrl: databaseUrl(),
+      link,
+      ...stream,
+      checkpointName,
+      pollIntervalMs: 3_600_000,
+      notifications: {
+        subscribe: (channel, handler) => {
+          asked.push(channel);
+          return listener.subscribe(wakeChannel, handler);
+        },
+      },
+    });
+    relay.start();
+    try {
+      await listener.ready();
+      await until(() => relay.isActive, "the relay to take the lock");
+      await new Promise((resolve) => setTimeout(resolve, 200)); // its first read has found nothing
+      for (let i = 0; i < 2; i++) {
+        await appendToStream(db, keyStreamId(org, "user-1", `k${i}`), 0, [keyCreated(org, `k${i}`)], {
+          actorUserId: "user-1",
+          organizationId: org,
+          authMethod: "jwt",
+          requestId: null,
+        });
+      }
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(await eventIdsInStream(org)).toEqual([]);
+      await sql`SELECT pg_notify(${wakeChannel}, '')`.execute(db);
+      await until(async () => (await eventIdsInStream(org)).length >= 2, "the relay to publish", 10_000);
+      expect(await eventIdsInStream(org)).toEqual(await eventIdsInLog(org));
+      expect(asked).toEqual(["keyledger_events"]);
+    } finally {
+      await relay.stop();
+      await listener.close();
     }
   });
 

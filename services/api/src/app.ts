@@ -82,7 +82,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
-  const eventBus = options.nats ? new ApiEventBus(options.nats, options.db, app.log) : undefined;
+  const eventBus = options.nats ? new ApiEventBus(options.nats, options.db, app.log, options.notifications) : undefined;
   let members: MemberCache | undefined;
   const verifier: ApiKeyVerifier = createApiKeyVerifier(options.db, {
     natsUrl: options.nats?.url,

@@ -7,6 +7,7 @@ import {
   NatsLink,
   subscribeKeyUseReports,
 } from "@keyledger/nats-bus";
+import type { NotificationSource } from "@keyledger/projections";
 import type { FastifyBaseLogger } from "fastify";
 import type { Kysely } from "kysely";
 import type { ApiKeyVerifier } from "./api-key-verifier";
@@ -29,7 +30,8 @@ export type EventBusOptions = {
   subjectPrefix: string;
   duplicateWindowMs?: number;
   /**
-   * The relay: `{ databaseUrl }` gives it its own Postgres session (advisory lock, LISTEN); `{ db: "shared" }`
+   * The relay: `{ databaseUrl }` gives it its own Postgres session (advisory lock; it LISTENs there unless the
+   * app has a notification listener); `{ db: "shared" }`
    * runs it on the app's database without a lock (the single-process embedded database); false: no relay here.
    */
   relay: { databaseUrl: string } | { db: "shared" } | false;
@@ -53,12 +55,13 @@ export class ApiEventBus {
   private readonly unsubscribers: (() => void)[] = [];
   private relayWake: NodeJS.Timeout | undefined;
 
-  constructor(options: EventBusOptions, db: Kysely<unknown>, log: BusLogger) {
+  /** `notifications`: the process's Postgres listener, which wakes the relay (instead of a LISTEN of its own). */
+  constructor(options: EventBusOptions, db: Kysely<unknown>, log: BusLogger, notifications?: NotificationSource) {
     this.link = new NatsLink({ servers: options.url, name: "keyledger-api", log });
     this.publisher = new EventPublisher(this.link, { subjectPrefix: options.subjectPrefix, log });
     if (options.relay !== false) {
       this.relay = new EventRelay({
-        ...("databaseUrl" in options.relay ? { databaseUrl: options.relay.databaseUrl } : { db }),
+        ...("databaseUrl" in options.relay ? { databaseUrl: options.relay.databaseUrl, notifications } : { db }),
         link: this.link,
         streamName: options.streamName,
         subjectPrefix: options.subjectPrefix,
