@@ -32,6 +32,26 @@ describe("request ids in logs", () => {
     );
     expect(JSON.stringify(lines)).not.toContain(forged);
 
+    // Also on answers no route produced: an unknown path's 404, and a body that is not JSON (400).
+    const unknown = await fetch(`${api.baseUrl}/api/no-such-route`, {
+      headers: { "x-request-id": `${requestId}-404` },
+    });
+    expect(unknown.status).toBe(404);
+    expect(unknown.headers.get("x-request-id")).toBe(`${requestId}-404`);
+    const org = uniqueId("org");
+    await api.setMember(org, "user-1", "owner");
+    const malformed = await fetch(`${api.baseUrl}/api/api-keys`, {
+      method: "POST",
+      headers: {
+        ...(await api.jwtHeaders("user-1", org)),
+        "content-type": "application/json",
+        "x-request-id": `${requestId}-400`,
+      },
+      body: "{not json",
+    });
+    expect(malformed.status).toBe(400);
+    expect(malformed.headers.get("x-request-id")).toBe(`${requestId}-400`);
+
     const generated = await fetch(`${api.baseUrl}/health/live`);
     const id = generated.headers.get("x-request-id");
     expect(id).toMatch(/^[0-9a-f-]{36}$/);

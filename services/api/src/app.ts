@@ -129,9 +129,11 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
   app.addSchema(PermissionSchema);
   app.addSchema(ErrorSchema);
-  app.addHook("onSend", (request, reply, payload, done) => {
+  // Set when the request arrives (it stays through errors and 404s): with no onSend hook, fastify sends the
+  // payload without running an onSend stage on every response.
+  app.addHook("onRequest", (request, reply, done) => {
     reply.header("x-request-id", request.id);
-    done(null, payload);
+    done();
   });
   app.addHook("onClose", async () => {
     await usage.flush();
