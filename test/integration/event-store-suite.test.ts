@@ -3,6 +3,7 @@ import { AppendNotifier, appendToStream } from "@keyledger/event-store";
 import pg from "pg";
 import { describe, expect, inject, it } from "vitest";
 import { uniqueId } from "../support/api-harness";
+import { createScratchDatabase } from "../support/database";
 import { describeEventStore } from "../support/event-store-suite";
 import { until } from "../support/until";
 
@@ -14,10 +15,12 @@ describeEventStore("PGlite (embedded, in memory)", () => openEmbeddedDatabase({ 
 
 describe("appends notify the log's readers after they commit (Postgres)", () => {
   it("an append sends no NOTIFY inside its transaction; AppendNotifier sends one at once (or after delayMs), then one per interval", async () => {
-    const url = inject("databaseUrl");
-    const listener = new pg.Client({ connectionString: url });
+    // A database of its own: notifications are per database, and other test files append (and notify) in the
+    // run's shared one.
+    const scratch = await createScratchDatabase(2);
+    const db = scratch.db;
+    const listener = new pg.Client({ connectionString: scratch.url });
     await listener.connect();
-    const db = createPostgresDatabase({ connectionString: url, maxConnections: 2 });
     try {
       const notified: number[] = [];
       listener.on("notification", (message) => {
@@ -63,7 +66,7 @@ describe("appends notify the log's readers after they commit (Postgres)", () => 
       expect(notified).toHaveLength(4);
     } finally {
       await listener.end();
-      await db.destroy();
+      await scratch.drop();
     }
   });
 });
