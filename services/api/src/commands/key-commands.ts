@@ -173,10 +173,11 @@ export class KeyCommands {
   }
 
   /**
-   * Creates a key for the caller, usually in one statement: the domain decides (against an empty stream first, see
-   * below), and the append, the read-model row and the grantor check commit together. The grantor's access (`grantor`: as
-   * authentication just read it, else read here) is re-checked in that statement under a share lock, so a
-   * concurrent downgrade either waits for the create (and then sees the new key) or makes it read and decide again.
+   * Creates a key for the caller, usually in one statement: the domain decides (against an empty stream first,
+   * see below), and the append, the read-model row and the grantor check commit together. The grantor's access
+   * (`grantor`: as authentication just read it, else read here) is re-checked in that statement under a share
+   * lock, so a concurrent downgrade either waits for the create (and then sees the new key) or makes it read and
+   * decide again.
    */
   async createApiKey(
     input: {
