@@ -14,6 +14,19 @@ describe("FixedWindowCounter", () => {
     expect(counter.hit("a", 11_000)).toEqual({ limit: 2, remaining: 1, resetSeconds: 10, exceeded: false });
   });
 
+  it("says whether a key's window is used up, as hit(key, now, false).remaining === 0 does", () => {
+    const counter = new FixedWindowCounter(2, 10_000);
+    expect(counter.isExhausted("a", 1_000)).toBe(false); // no window
+    counter.hit("a", 1_000);
+    expect(counter.isExhausted("a", 2_000)).toBe(false); // one left
+    counter.hit("a", 2_000);
+    expect(counter.isExhausted("a", 3_000)).toBe(true);
+    expect(counter.hit("a", 3_000, false).remaining).toBe(0);
+    expect(counter.isExhausted("a", 11_000)).toBe(false); // the window ended
+    expect(counter.hit("a", 11_000, false).remaining).toBe(2);
+    expect(counter.isExhausted("b", 3_000)).toBe(false);
+  });
+
   it("holds at most maxKeys windows: ended ones are swept first, then the oldest", () => {
     const counter = new FixedWindowCounter(5, 1_000, 3);
     counter.hit("old", 0);

@@ -65,6 +65,12 @@ export class FixedWindowCounter {
     };
   }
 
+  /** Whether `key`'s window is live and used up (what `hit(key, now, false).remaining === 0` says, without the object). */
+  isExhausted(key: string, now: number): boolean {
+    const window = this.windows.get(key);
+    return window !== undefined && window.resetAt > now && window.count >= this.limit;
+  }
+
   get size(): number {
     return this.windows.size;
   }
@@ -78,11 +84,28 @@ export class FixedWindowCounter {
   }
 }
 
+type Throttler = "failed-auth" | "authenticated";
+
+/** Header names per throttler, built once (every authenticated request sets three). */
+const HEADER_NAMES: Record<Throttler, { limit: string; remaining: string; reset: string }> = {
+  "failed-auth": {
+    limit: "x-ratelimit-limit-failed-auth",
+    remaining: "x-ratelimit-remaining-failed-auth",
+    reset: "x-ratelimit-reset-failed-auth",
+  },
+  authenticated: {
+    limit: "x-ratelimit-limit-authenticated",
+    remaining: "x-ratelimit-remaining-authenticated",
+    reset: "x-ratelimit-reset-authenticated",
+  },
+};
+
 /** Daytona's headers: `X-RateLimit-{Limit,Remaining,Reset}-<throttler>`, plus `Retry-After` on a 429. */
-function setHeaders(reply: FastifyReply, throttler: string, counted: Counted) {
-  reply.header(`x-ratelimit-limit-${throttler}`, String(counted.limit));
-  reply.header(`x-ratelimit-remaining-${throttler}`, String(counted.remaining));
-  reply.header(`x-ratelimit-reset-${throttler}`, String(counted.resetSeconds));
+function setHeaders(reply: FastifyReply, throttler: Throttler, counted: Counted) {
+  const names = HEADER_NAMES[throttler];
+  reply.header(names.limit, `${counted.limit}`);
+  reply.header(names.remaining, `${counted.remaining}`);
+  reply.header(names.reset, `${counted.resetSeconds}`);
 }
 
 function tooManyRequests(counted: Counted): ApiError {
@@ -110,9 +133,11 @@ export default fp(
       // IPv6 clients are counted per /64 (normalizeIP); an IPv4 address is its own key.
       const clientOf = (request: FastifyRequest) => (request.ip.includes(":") ? normalizeIP(request.ip) : request.ip);
       app.addHook("onRequest", (request, reply, done) => {
-        if (UNTHROTTLED_PATH.test(request.url)) return done();
-        const counted = failures.hit(clientOf(request), Date.now(), false);
-        if (counted.remaining > 0) return done();
+        // Every request passes here: one map lookup, and nothing else unless the client IP is blocked.
+        const client = clientOf(request);
+        const now = Date.now();
+        if (!failures.isExhausted(client, now) || UNTHROTTLED_PATH.test(request.url)) return done();
+        const counted = failures.hit(client, now, false);
         setHeaders(reply, "failed-auth", counted);
         done(tooManyRequests(counted));
       });
