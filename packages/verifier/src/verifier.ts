@@ -70,6 +70,11 @@ export interface Verifier<K extends VerifiedKey = VerifiedKey> {
    * subscribed (the API does so for gateways' misses). Rejects only when the lookup cannot be done.
    */
   verify(bearer: string, options?: VerifyOptions): Promise<VerifyResult<K>>;
+  /**
+   * The cached answer, synchronously, when the cache holds a live one (counted and reported as a hit of
+   * `verify`); `undefined` otherwise: call `verify`. For callers that can skip a promise on the hot path.
+   */
+  peek(bearer: string): VerifyResult<K> | undefined;
   /** True while the invalidation subscription is live: only then is the cache used. */
   readonly subscribed: boolean;
   /** Whether invalidations come over NATS at all ("none": no `natsUrl`, nothing is ever cached). */
@@ -209,14 +214,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     const entry = this.cache.get(keyHash);
     if (entry !== undefined) {
       const now = Date.now();
-      if (entry.expiresAtMs > now) {
-        this.stats.hits += 1;
-        if (this.reporter !== undefined && entry.result.valid && now - entry.reportedAtMs >= this.reportIntervalMs) {
-          entry.reportedAtMs = now;
-          this.reporter.record(keyHash);
-        }
-        return entry.promise;
-      }
+      if (entry.expiresAtMs > now) return this.hit(keyHash, entry, now).promise;
       this.remove(keyHash, entry);
       const key = entry.result.valid ? entry.result.key : undefined;
       if (key?.expiresAt != null && Date.parse(key.expiresAt) <= now) {
@@ -226,6 +224,25 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
       }
     }
     return this.miss(bearer, keyHash, options);
+  }
+
+  peek(bearer: string): VerifyResult<K> | undefined {
+    if (typeof bearer !== "string" || bearer.length === 0 || !this.isSubscribed) return undefined;
+    const keyHash = sha256Hex(bearer);
+    const entry = this.cache.get(keyHash);
+    if (entry === undefined) return undefined;
+    const now = Date.now();
+    return entry.expiresAtMs > now ? this.hit(keyHash, entry, now).result : undefined;
+  }
+
+  /** A live cache entry answers: counted, and its use reported at most once per report interval. */
+  private hit(keyHash: string, entry: CacheEntry<K>, now: number): CacheEntry<K> {
+    this.stats.hits += 1;
+    if (this.reporter !== undefined && entry.result.valid && now - entry.reportedAtMs >= this.reportIntervalMs) {
+      entry.reportedAtMs = now;
+      this.reporter.record(keyHash);
+    }
+    return entry;
   }
 
   private callLookup(bearer: string, keyHash: string, options: VerifyOptions | undefined): Promise<VerifyResult<K>> {

@@ -94,6 +94,24 @@ describe("verifier with NATS", () => {
     expect(verifier.stats.hits).toBeGreaterThan(0);
   });
 
+  it("peek answers synchronously from the cache only: nothing on a miss, the cached answer after a verify", async () => {
+    const table = lookupTable();
+    const verifier = await subscribedVerifier(table);
+    const key = newKey();
+    table.set(key, activeKey("org-p", "user-p"));
+    expect(verifier.peek(key)).toBeUndefined(); // a miss: no lookup, nothing cached
+    expect(verifier.peek("")).toBeUndefined();
+    expect(table.calls).toBe(0);
+    expect((await verifier.verify(key)).valid).toBe(true);
+    const hits = verifier.stats.hits;
+    expect(verifier.peek(key)).toMatchObject({ valid: true, key: { organizationId: "org-p", userId: "user-p" } });
+    expect(verifier.stats.hits).toBe(hits + 1);
+    expect(table.calls).toBe(1);
+    publish("org-p", "KeyRevoked", { userId: "user-p", name: "k", keyHash: hashKeyValue(key), reason: "deleted" });
+    await until(() => verifier.peek(key)?.valid === false, "the revocation to arrive");
+    expect(verifier.peek(key)).toEqual({ valid: false, code: "REVOKED" });
+  });
+
   it("drops a key on KeyRevoked, with its previous value in a rotation grace: the next verify says REVOKED", async () => {
     const table = lookupTable();
     const verifier = await subscribedVerifier(table);
@@ -208,6 +226,7 @@ describe("verifier with NATS", () => {
     await verifier.verify(key);
     await verifier.verify(key);
     expect(table.calls).toBe(2);
+    expect(verifier.peek(key)).toBeUndefined();
   });
 
   it("evicts the oldest entry beyond maxEntries", async () => {

@@ -20,6 +20,7 @@ function fakeVerifier(options: { failing?: boolean } = {}): Verifier {
       if (options.failing) return Promise.reject(new Error("API unreachable"));
       return Promise.resolve(bearer === GOOD ? { valid: true, key: KEY } : { valid: false, code: "NOT_FOUND" });
     },
+    peek: () => undefined, // no cache: every request goes through verify()
     subscribed: true,
     invalidation: "nats",
     whenSubscribed: () => Promise.resolve(true),

@@ -1,10 +1,10 @@
 import type { MemberRole, Permission } from "@keyledger/domain";
-import { KEY_STATUS_HEADER, VALID_UNTIL_HEADER } from "@keyledger/verifier";
+import { KEY_STATUS_HEADER, VALID_UNTIL_HEADER, type VerifyResult } from "@keyledger/verifier";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import fp from "fastify-plugin";
 import { createLocalJWKSet, createRemoteJWKSet, type JSONWebKeySet, type JWTVerifyGetKey, jwtVerify } from "jose";
 import type { Kysely } from "kysely";
-import type { ApiKeyVerifier } from "../../api-key-verifier";
+import type { ApiKeyVerifier, ApiVerifiedKey } from "../../api-key-verifier";
 import { ApiError, invalidAuthContext, invalidCredentials } from "../../http-errors";
 import type { MemberCache } from "../../member-cache";
 import { type ApiKeyVerificationOutcome, recordApiKeyVerification } from "../../metrics";
@@ -168,10 +168,7 @@ export default fp(
       };
     }
 
-    async function authenticateApiKey(request: FastifyRequest, token: string): Promise<ApiKeyAuthContext> {
-      const cacheControl = request.headers["cache-control"];
-      const bypassCache = typeof cacheControl === "string" && cacheControl.includes("no-cache");
-      const result = await options.verifier.verify(token, { bypassCache });
+    function apiKeyAuthContext(result: VerifyResult<ApiVerifiedKey>): ApiKeyAuthContext {
       recordApiKeyVerification(result.valid ? "valid" : (result.code.toLowerCase() as ApiKeyVerificationOutcome));
       if (!result.valid) {
         // Same body for every reason; the header tells a gateway's verifier which (it holds the value anyway).
@@ -188,22 +185,43 @@ export default fp(
       };
     }
 
-    async function authenticate(request: FastifyRequest, reply: FastifyReply, required: RouteAuth): Promise<void> {
+    function acceptApiKey(request: FastifyRequest, reply: FastifyReply, auth: ApiKeyAuthContext): void {
+      request.auth = auth;
+      // A rotated-out value in its grace period: gateways must not cache it past this instant.
+      if (auth.validUntil !== null && auth.key.key_hash !== auth.keyHash) {
+        reply.header(VALID_UNTIL_HEADER, auth.validUntil.toISOString());
+      }
+      options.onApiKeyUsed(auth.key, request);
+    }
+
+    /**
+     * Sets `request.auth` or throws the 401. A cached API key is handled synchronously (returns undefined: no
+     * promise on the hot path); anything else returns a promise.
+     */
+    function authenticate(
+      request: FastifyRequest,
+      reply: FastifyReply,
+      required: RouteAuth,
+    ): Promise<void> | undefined {
       const token = bearerToken(request);
       const looksLikeJwt = JWT_SHAPE.test(token);
       if (required === "jwt" || (required === "jwt_or_api_key" && looksLikeJwt)) {
         if (!looksLikeJwt) throw invalidCredentials();
-        request.auth = await authenticateJwt(request, token);
-      } else {
-        if (looksLikeJwt) throw invalidCredentials();
-        const auth = await authenticateApiKey(request, token);
-        request.auth = auth;
-        // A rotated-out value in its grace period: gateways must not cache it past this instant.
-        if (auth.validUntil !== null && auth.key.key_hash !== auth.keyHash) {
-          reply.header(VALID_UNTIL_HEADER, auth.validUntil.toISOString());
-        }
-        options.onApiKeyUsed(auth.key, request);
+        return authenticateJwt(request, token).then((auth) => {
+          request.auth = auth;
+        });
       }
+      if (looksLikeJwt) throw invalidCredentials();
+      const cacheControl = request.headers["cache-control"];
+      const bypassCache = typeof cacheControl === "string" && cacheControl.includes("no-cache");
+      const cached = bypassCache ? undefined : options.verifier.peek(token);
+      if (cached !== undefined) {
+        acceptApiKey(request, reply, apiKeyAuthContext(cached));
+        return undefined;
+      }
+      return options.verifier.verify(token, { bypassCache }).then((result) => {
+        acceptApiKey(request, reply, apiKeyAuthContext(result));
+      });
     }
 
     app.decorateRequest("auth", null);
@@ -212,7 +230,16 @@ export default fp(
     app.addHook("onRoute", (route) => {
       const required = route.config?.auth;
       if (required === undefined) return;
-      const hook = (request: FastifyRequest, reply: FastifyReply) => authenticate(request, reply, required);
+      const hook = (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void) => {
+        let pending: Promise<void> | undefined;
+        try {
+          pending = authenticate(request, reply, required);
+        } catch (error) {
+          return done(error as Error);
+        }
+        if (pending === undefined) return done();
+        pending.then(() => done(), done);
+      };
       route.onRequest = [
         ...(Array.isArray(route.onRequest) ? route.onRequest : route.onRequest ? [route.onRequest] : []),
         hook,
