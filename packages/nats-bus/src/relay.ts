@@ -49,7 +49,13 @@ export type EventRelayOptions = {
   log?: BusLogger;
 };
 
-export type RelayStats = { published: number; duplicates: number; failedPublishes: number };
+export type RelayStats = {
+  published: number;
+  duplicates: number;
+  failedPublishes: number;
+  /** Tries to take the lock (a standby makes one per `lockRetryMs`). */
+  lockAttempts: number;
+};
 
 /** First key of the two-key advisory lock; the second is `hashtext(checkpointName)`. */
 const RELAY_LOCK_CLASS = 7_244_912;
@@ -84,7 +90,7 @@ export class EventRelay {
   private readonly checkpointName: string;
   private readonly unsubscribeLink: () => void;
   private readonly unsubscribeNotifications: () => void;
-  readonly stats: RelayStats = { published: 0, duplicates: 0, failedPublishes: 0 };
+  readonly stats: RelayStats = { published: 0, duplicates: 0, failedPublishes: 0, lockAttempts: 0 };
 
   constructor(private readonly options: EventRelayOptions) {
     this.log = options.log ?? silentLogger;
@@ -195,13 +201,19 @@ export class EventRelay {
     while (this.running) {
       const err = broken();
       if (err) throw err;
+      this.stats.lockAttempts += 1;
       const result = await client.query<{ locked: boolean }>(
         "SELECT pg_try_advisory_lock($1, hashtext($2)) AS locked",
         [RELAY_LOCK_CLASS, this.checkpointName],
       );
       if (result.rows[0]?.locked) return true;
-      await this.pause(retry);
-      this.wakeRequested = false;
+      // Wake-ups (every commit's, every NOTIFY's) are for an active relay: a standby waits out its retry interval
+      // instead of asking Postgres for the lock at the rate commits happen. A broken session or stop() ends it.
+      const retryAt = performance.now() + retry;
+      while (this.running && !broken() && performance.now() < retryAt) {
+        await this.pause(retryAt - performance.now());
+        this.wakeRequested = false;
+      }
     }
     return false;
   }

@@ -253,6 +253,30 @@ describe("event relay", () => {
     await second.stop();
   });
 
+  it("a standby asks for the lock once per lockRetryMs, however often it is woken", async () => {
+    const checkpointName = await checkpointAtHead(db);
+    const options = { databaseUrl: databaseUrl(), link, ...stream, checkpointName, pollIntervalMs: 50 };
+    const active = new EventRelay(options);
+    const standby = new EventRelay({ ...options, lockRetryMs: 300 });
+    active.start();
+    try {
+      await until(() => active.isActive, "the first relay to take the lock");
+      standby.start();
+      await until(() => standby.stats.lockAttempts >= 1, "the standby's first try");
+      const before = standby.stats.lockAttempts;
+      // What every commit and NOTIFY does to the relay of each replica: 40 wake-ups in about 400 ms.
+      for (let i = 0; i < 40; i++) {
+        standby.wake();
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      expect(standby.isActive).toBe(false);
+      expect(standby.stats.lockAttempts - before).toBeLessThanOrEqual(3);
+    } finally {
+      await active.stop();
+      await standby.stop();
+    }
+  });
+
   it("creates the stream when missing and leaves an existing one as it is", async () => {
     const nc = link.connection;
     if (!nc) throw new Error("not connected");
