@@ -15,8 +15,8 @@ import { ensureEventStream } from "./stream";
 export type EventRelayOptions = {
   /**
    * Postgres: the relay opens its own session, which holds the advisory lock, LISTENs for appends (unless
-   * `notifications` is given), reads and checkpoints. Give `db` instead only for a single-process database (the embedded PGlite): no lock, no LISTEN
-   * (it polls, and `wake()` after commits).
+   * `notifications` is given), reads and checkpoints. Give `db` instead only for a single-process database (the
+   * embedded PGlite): no lock, no LISTEN (it polls, and `wake()` after commits).
    */
   databaseUrl?: string;
   db?: Kysely<unknown>;

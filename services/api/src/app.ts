@@ -106,7 +106,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     },
     {
       // The projector and relay start work when notified; 5 ms lets the fast path's NATS delivery (revocations to
-      // the gateways) go first instead of competing with them for the CPU (p50 commit -> NATS 1.0 -> 0.5 ms here).
+      // the gateways) go first instead of competing with them for the CPU (docs/architecture.md, BENCHMARKS.md).
       delayMs: 5,
       onError: (error) => app.log.warn({ err: error }, "could not notify the log's readers; they will poll"),
     },

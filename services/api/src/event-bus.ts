@@ -31,8 +31,8 @@ export type EventBusOptions = {
   duplicateWindowMs?: number;
   /**
    * The relay: `{ databaseUrl }` gives it its own Postgres session (advisory lock; it LISTENs there unless the
-   * app has a notification listener); `{ db: "shared" }`
-   * runs it on the app's database without a lock (the single-process embedded database); false: no relay here.
+   * app has a notification listener); `{ db: "shared" }` runs it on the app's database without a lock (the
+   * single-process embedded database); false: no relay here.
    */
   relay: { databaseUrl: string } | { db: "shared" } | false;
   /** Membership changes from the organizations service, consumed by a durable consumer; null/absent: off. */
@@ -41,13 +41,13 @@ export type EventBusOptions = {
   verifierCache?: { maxEntries?: number; ttlMs?: number; negativeTtlMs?: number };
 };
 
+/** How long after a commit the relay is woken (the fast path has published the events by then). */
+const RELAY_WAKE_DELAY_MS = 5;
+
 /**
  * The API's NATS side: one connection for the fast-path publisher, the relay and gateways' key-use reports.
  * Starting it never waits for NATS; while NATS is down commands still commit and the relay catches up later.
  */
-/** How long after a commit the relay is woken (the fast path has published the events by then). */
-const RELAY_WAKE_DELAY_MS = 5;
-
 export class ApiEventBus {
   readonly link: NatsLink;
   readonly relay: EventRelay | undefined;
