@@ -127,17 +127,16 @@ export const gatewayScenario: Scenario = {
       context.log("throughput warm-up");
       await load({ ...viaGateway, duration: size(context, 3, 1) });
       await load({ url: hello.url, connections: THROUGHPUT_CONNECTIONS, duration: 1 });
-      const rounds = await alternate(
-        size(context, 3, 2),
-        async () =>
-          assertClean(
-            "hello-world",
-            await withCpu(hello.service, () =>
-              load({ url: hello.url, connections: THROUGHPUT_CONNECTIONS, duration: seconds }),
-            ),
+      /** One baseline round: hello-world direct, with its CPU. */
+      const helloRound = async () =>
+        assertClean(
+          "hello-world",
+          await withCpu(hello.service, () =>
+            load({ url: hello.url, connections: THROUGHPUT_CONNECTIONS, duration: seconds }),
           ),
-        async () =>
-          assertClean("gateway", await withCpu(gatewayA.service, () => load({ ...viaGateway, duration: seconds }))),
+        );
+      const rounds = await alternate(size(context, 3, 2), helloRound, async () =>
+        assertClean("gateway", await withCpu(gatewayA.service, () => load({ ...viaGateway, duration: seconds }))),
       );
       const helloRate = median(rounds.baseline.map((r) => r.okPerSecond));
       const gatewayRate = median(rounds.target.map((r) => r.okPerSecond));
@@ -162,16 +161,8 @@ export const gatewayScenario: Scenario = {
         try {
           const target = { ...viaGateway, url: `${variant.baseUrl}${path}` };
           await load({ ...target, duration: size(context, 3, 1) });
-          const variantRounds = await alternate(
-            size(context, 3, 2),
-            async () =>
-              assertClean(
-                "hello-world",
-                await withCpu(hello.service, () =>
-                  load({ url: hello.url, connections: THROUGHPUT_CONNECTIONS, duration: seconds }),
-                ),
-              ),
-            async () => assertClean(name, await withCpu(variant.service, () => load({ ...target, duration: seconds }))),
+          const variantRounds = await alternate(size(context, 3, 2), helloRound, async () =>
+            assertClean(name, await withCpu(variant.service, () => load({ ...target, duration: seconds }))),
           );
           const summary = {
             helloRate: median(variantRounds.baseline.map((r) => r.okPerSecond)),

@@ -43,6 +43,18 @@ export const USER_ID_HEADER = "x-keyledger-user-id";
 export const ORGANIZATION_ID_HEADER = "x-keyledger-organization-id";
 export const PERMISSIONS_HEADER = "x-keyledger-permissions";
 
+/** The verified key's identity as raw header pairs (name, value, ...), upstream or in a forward-auth answer. */
+function pushIdentityHeaders(headers: string[], key: VerifiedKey): void {
+  headers.push(
+    USER_ID_HEADER,
+    key.userId,
+    ORGANIZATION_ID_HEADER,
+    key.organizationId,
+    PERMISSIONS_HEADER,
+    key.permissions.join(","),
+  );
+}
+
 /** Paths that never appear in logs with their secrets. */
 export const GATEWAY_LOG_REDACTIONS = ["req.headers.authorization", "headers.authorization", "authorization"];
 
@@ -299,14 +311,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
 
   const forward = (req: IncomingMessage, res: ServerResponse, url: string, inbound: Inbound, key: VerifiedKey) => {
     const headers = inbound.forward;
-    headers.push(
-      USER_ID_HEADER,
-      key.userId,
-      ORGANIZATION_ID_HEADER,
-      key.organizationId,
-      PERMISSIONS_HEADER,
-      key.permissions.join(","),
-    );
+    pushIdentityHeaders(headers, key);
     (pool as Pool).dispatch(
       {
         path: url,
@@ -322,16 +327,10 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   };
 
   const allow = (res: ServerResponse, key: VerifiedKey) => {
-    res.writeHead(200, [
-      USER_ID_HEADER,
-      key.userId,
-      ORGANIZATION_ID_HEADER,
-      key.organizationId,
-      PERMISSIONS_HEADER,
-      key.permissions.join(","),
-      "content-length",
-      "0",
-    ]);
+    const headers: string[] = [];
+    pushIdentityHeaders(headers, key);
+    headers.push("content-length", "0");
+    res.writeHead(200, headers);
     res.end();
   };
 
