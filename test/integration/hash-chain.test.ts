@@ -118,9 +118,20 @@ describe("the hash chain over the log", () => {
     await sealAll(db);
     const log = await positions(db);
     // Swap the contents of two events of different streams (positions stay): each is now where the other was.
-    const i = Math.floor(log.length / 2);
-    const a = log[i] as (typeof log)[number];
-    const b = log.slice(i + 1).find((e) => e.stream !== a.stream) as (typeof log)[number];
+    // They are neighbours both by position and in commit order: the log's order is (transaction id, position), in
+    // which a stream's later version can come first, so with an event of a's stream between them the swap would also
+    // put that stream's versions out of position order at an event before a, and that would be the first problem.
+    const i = log.findIndex((e, j) => {
+      const next = log[j + 1];
+      return (
+        j >= Math.floor(log.length / 2) &&
+        next !== undefined &&
+        next.stream !== e.stream &&
+        BigInt(next.position) === BigInt(e.position) + 1n
+      );
+    });
+    expect(i).toBeGreaterThanOrEqual(0);
+    const [a, b] = [log[i], log[i + 1]] as [(typeof log)[number], (typeof log)[number]];
     await db.transaction().execute(async (trx) => {
       const rows = await sql<{ global_position: string; event_id: string; stream_id: string; stream_version: number }>`
         SELECT global_position::text AS global_position, event_id::text AS event_id, stream_id, stream_version
