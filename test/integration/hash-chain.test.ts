@@ -108,7 +108,12 @@ describe("the hash chain over the log", () => {
   it("names the position of a deleted event", async () => {
     await sealAll(db);
     const log = await positions(db);
-    const target = log[Math.floor(log.length / 3)]?.position as string;
+    // The last event of its stream: deleting an earlier one would also leave a version gap at the stream's next
+    // event, which can come first in the log's order (transaction id, position) and so be the first problem.
+    const isLastOfStream = (e: (typeof log)[number]) =>
+      !log.some((o) => o.stream === e.stream && BigInt(o.position) > BigInt(e.position));
+    const target = log.slice(Math.floor(log.length / 3)).find(isLastOfStream)?.position as string;
+    expect(target).toBeDefined();
     await sql`DELETE FROM events WHERE global_position = ${target}::bigint`.execute(db);
     const result = await verifyLog(db);
     expect(result.problem).toMatchObject({ position: target, kind: "missing-event" });
