@@ -43,7 +43,8 @@ const before = (a: Cursor, b: Cursor) => {
  * Recomputes the hash chain and checks every stream's versions, in one repeatable-read snapshot. The log, read in
  * commit-safe order (transaction id, position), must hold exactly the sealed events in chain order, each hashing to
  * its seal; every stream's versions must run 1, 2, 3... in position order. Reports the problem that comes first in
- * commit order. `fromPosition` starts at that sealed position, trusting the seal before it.
+ * that order, which need not be at the changed event (docs/projections.md). `fromPosition` starts at that sealed
+ * position, trusting the seal before it.
  */
 export async function verifyLog(
   db: Kysely<unknown>,
