@@ -94,7 +94,10 @@ export async function writeKeyHistory(db: Kysely<unknown>, options: KeyHistoryOp
         if (roll < 0.55) {
           if (roll < 0.5) {
             kind = "use";
-            return commands.recordKeyUse({ organizationId: org, userId: user, name }, 0, context(org, user));
+            return commands.recordKeyUses(
+              [{ key: { organizationId: org, userId: user, name }, context: context(org, user) }],
+              0,
+            );
           }
           // Several of the user's keys in one batch, as the API's key-use recorder writes them.
           kind = "use-batch";

@@ -71,14 +71,10 @@ function apiKeyState(events: readonly RecordedEvent[], lastUse: KeyUsed["data"] 
   return lastUse && state.status !== "absent" ? evolveApiKey(state, { type: "KeyUsed", data: lastUse }) : state;
 }
 
-async function loadApiKey(
-  trx: Db,
-  streamId: string,
-  withLastUse: boolean,
-): Promise<{ state: ApiKeyState; version: number }> {
+/** A key's state for decisions other than a use (no `KeyUsed` read: only the use throttle needs the last one). */
+async function loadApiKey(trx: Db, streamId: string): Promise<{ state: ApiKeyState; version: number }> {
   const { version, events } = await readStream(trx, streamId, { skipTypes: ["KeyUsed"] });
-  const lastUse = withLastUse ? (await lastKeyUses(trx, [streamId])).get(streamId) : undefined;
-  return { state: apiKeyState(events, lastUse), version };
+  return { state: apiKeyState(events, undefined), version };
 }
 
 /** The data of each stream's last `KeyUsed` (one statement; an index scan per stream). */
@@ -166,7 +162,7 @@ export class KeyCommands {
     command: ApiKeyCommand,
     context: CommandContext,
   ): Promise<KeyEvent[]> {
-    const { state, version } = await loadApiKey(trx, streamId, command.type === "RecordKeyUse");
+    const { state, version } = await loadApiKey(trx, streamId);
     const events = decideApiKey(command, state);
     await this.append(trx, appended, streamId, version, events, context);
     return events;
@@ -206,7 +202,7 @@ export class KeyCommands {
       }
       const { state, version } = assumeNewStream
         ? { state: initialApiKeyState, version: 0 }
-        : await loadApiKey(this.db, streamId, false);
+        : await loadApiKey(this.db, streamId);
       const events = decideApiKey(
         {
           type: "CreateKey",
@@ -289,31 +285,12 @@ export class KeyCommands {
     let expectedKeyHash = change.expectedKeyHash;
     return this.run(async (trx, appended) => {
       const streamId = keyStreamId(key.organizationId, key.userId, key.name);
-      const { state, version } = await loadApiKey(trx, streamId, false);
+      const { state, version } = await loadApiKey(trx, streamId);
       if (expectedKeyHash === undefined && state.status === "active") expectedKeyHash = state.keyHash;
       const events = decideApiKey({ type: "RotateKey", data: { ...change, expectedKeyHash, now: context.now } }, state);
       await this.append(trx, appended, streamId, version, events, context);
       const permissions = state.status === "absent" ? [] : state.permissions;
       return { event: events[0] as KeyRotated, permissions };
-    });
-  }
-
-  /** Appends `KeyUsed` unless the key was used within `throttleMs`; returns whether it did. */
-  recordKeyUse(
-    key: { organizationId: string; userId: string; name: string },
-    throttleMs: number,
-    context: CommandContext,
-  ): Promise<boolean> {
-    return this.run(async (trx, appended) => {
-      const streamId = keyStreamId(key.organizationId, key.userId, key.name);
-      const events = await this.decideOnKey(
-        trx,
-        appended,
-        streamId,
-        { type: "RecordKeyUse", data: { usedAt: context.now, throttleMs } },
-        context,
-      );
-      return events.length > 0;
     });
   }
 
