@@ -9,6 +9,7 @@ import { ApiError, invalidAuthContext, invalidCredentials } from "../../http-err
 import type { MemberCache } from "../../member-cache";
 import { type ApiKeyVerificationOutcome, recordApiKeyVerification } from "../../metrics";
 import type { ApiKeyRow } from "../../read-model-queries";
+import { withRouteHook } from "../../route-hooks";
 
 export type JwtAuthContext = {
   method: "jwt";
@@ -240,10 +241,7 @@ export default fp(
         if (pending === undefined) return done();
         pending.then(() => done(), done);
       };
-      route.onRequest = [
-        ...(Array.isArray(route.onRequest) ? route.onRequest : route.onRequest ? [route.onRequest] : []),
-        hook,
-      ];
+      route.onRequest = withRouteHook(route.onRequest, hook);
     });
   },
   { name: "authentication" },

@@ -8,6 +8,7 @@ import {
   registerCacheStats,
   registerLogReaderLag,
 } from "../../metrics";
+import { withRouteHook } from "../../route-hooks";
 
 export type MetricsOptions = {
   /** The API-key verifier, whose cache hits and misses are reported while this app runs. */
@@ -38,10 +39,9 @@ export default fp(
       const methods = Array.isArray(route.method) ? route.method : [route.method];
       for (const method of methods) {
         const observe = observer(method, route.url);
-        route.onResponse = [
-          ...(Array.isArray(route.onResponse) ? route.onResponse : route.onResponse ? [route.onResponse] : []),
-          (request, reply, done) => (request.method === method ? observe(request, reply, done) : done()),
-        ];
+        route.onResponse = withRouteHook(route.onResponse, (request, reply, done) =>
+          request.method === method ? observe(request, reply, done) : done(),
+        );
       }
     });
     const unmatched = new Map<string, ReturnType<typeof observer>>();
