@@ -1,3 +1,4 @@
+import { hasEventsAfter } from "@keyledger/event-store";
 import { type Kysely, sql } from "kysely";
 import {
   chainHash,
@@ -112,12 +113,7 @@ export async function sealPending(
     if (batch.count < batchSize) {
       // Committed events past the head were held back by an older transaction (or have just been released by
       // it, after the batch read): either way, look again soon.
-      const waiting = await sql<{ waiting: boolean }>`
-        SELECT EXISTS (
-          SELECT 1 FROM events
-           WHERE (transaction_id, global_position) > (${batch.head.transactionId}::xid8, ${batch.head.globalPosition}::bigint)
-        ) AS waiting`.execute(db);
-      return { sealed, head: batch.head, busy: false, heldBack: waiting.rows[0]?.waiting === true };
+      return { sealed, head: batch.head, busy: false, heldBack: await hasEventsAfter(db, batch.head) };
     }
   }
 }

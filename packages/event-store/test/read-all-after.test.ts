@@ -6,6 +6,7 @@ import { createScratchDatabase, type ScratchDatabase } from "../../../test/suppo
 import {
   appendToStream,
   checkpointOf,
+  hasEventsAfter,
   LOG_START,
   type LogCheckpoint,
   type RecordedEvent,
@@ -102,14 +103,16 @@ describe("readAllAfter: an event whose transaction commits late is never skipped
     }>`SELECT count(*) AS n FROM events WHERE stream_id = 'late-commit:b'`.execute(db);
     expect(Number(visible.rows[0]?.n)).toBe(1);
 
-    // The commit-safe reader does not return B while A is open.
+    // The commit-safe reader does not return B while A is open, and knows there is more to come.
     expect(await reader.catchUp()).toEqual([]);
     expect(reader.checkpoint).toEqual(LOG_START);
+    expect(await hasEventsAfter(db, reader.checkpoint)).toBe(true);
 
     await a.commit().execute();
     await reader.readUntil(2);
     expect(reader.seen.map(tagOf)).toEqual(["A", "B"]);
     expect(await reader.catchUp()).toEqual([]);
+    expect(await hasEventsAfter(db, reader.checkpoint)).toBe(false);
   });
 
   it("returns an earlier transaction's later position before a later transaction's, and checkpoints past neither", async () => {
@@ -238,5 +241,48 @@ describe("readAllAfter: an event whose transaction commits late is never skipped
       byStream.set(event.streamId, [...(byStream.get(event.streamId) ?? []), tagOf(event)]);
     }
     for (const tags of byStream.values()) expect(tags).toEqual([...tags].sort());
+  });
+});
+
+describe("hasEventsAfter", () => {
+  let scratch: ScratchDatabase;
+  beforeAll(async () => {
+    scratch = await createScratchDatabase(2);
+  });
+  afterAll(async () => {
+    await scratch.drop();
+  });
+
+  it("walks the commit-order index from the checkpoint, never the whole log (a young table has no statistics)", async () => {
+    const db = scratch.db;
+    for (let i = 0; i < 30; i++) {
+      await appendToStream(
+        db,
+        `index-walk:${i}`,
+        0,
+        Array.from({ length: 20 }, (_, j) => used(`${i}-${j}`)),
+        metadata,
+      );
+    }
+    const events = await readAllAfter(db, LOG_START, 1000);
+    expect(events).toHaveLength(600);
+    const last = events.at(-1) as RecordedEvent;
+    const secondLast = events.at(-2) as RecordedEvent;
+    await db.transaction().execute(async (trx) => {
+      // The session's table statistics not yet reported (they only grow within a transaction): how the two
+      // questions read the events table.
+      const scans = async () => {
+        const result = await sql<{ seq_scan: string; idx_scan: string }>`
+          SELECT seq_scan::text AS seq_scan, coalesce(idx_scan, 0)::text AS idx_scan
+            FROM pg_stat_xact_user_tables WHERE relname = 'events'`.execute(trx);
+        const row = result.rows[0];
+        return { seq: Number(row?.seq_scan ?? 0), index: Number(row?.idx_scan ?? 0) };
+      };
+      const before = await scans();
+      expect(await hasEventsAfter(trx, checkpointOf(secondLast))).toBe(true);
+      expect(await hasEventsAfter(trx, checkpointOf(last))).toBe(false);
+      const after = await scans();
+      expect({ seq: after.seq - before.seq, index: after.index - before.index }).toEqual({ seq: 0, index: 2 });
+    });
   });
 });

@@ -1,5 +1,12 @@
 import { organizationOf, withoutHashes } from "@keyledger/audit-log";
-import { checkpointOf, LOG_START, type LogCheckpoint, type RecordedEvent, readAllAfter } from "@keyledger/event-store";
+import {
+  checkpointOf,
+  hasEventsAfter,
+  LOG_START,
+  type LogCheckpoint,
+  type RecordedEvent,
+  readAllAfter,
+} from "@keyledger/event-store";
 import { EVENTS_CHANNEL, type NotificationSource, PgNotificationListener } from "@keyledger/projections";
 import { type Kysely, sql } from "kysely";
 import { type CliCommand, parseFlags, UsageError } from "../command";
@@ -60,18 +67,6 @@ export function committedBefore(snapshot: string, xid: string): boolean {
   return !xip.split(",").some((running) => running !== "" && BigInt(running) === id);
 }
 
-/**
- * Committed events past `checkpoint` wait for an older, still running transaction (or it has just finished,
- * after the page was read): look again soon.
- */
-async function heldBack(db: Kysely<unknown>, checkpoint: LogCheckpoint): Promise<boolean> {
-  const result = await sql<{ waiting: boolean }>`
-    SELECT EXISTS (SELECT 1 FROM events
-                    WHERE (transaction_id, global_position) > (${checkpoint.transactionId}::xid8, ${checkpoint.globalPosition}::bigint)
-                  ) AS waiting`.execute(db);
-  return result.rows[0]?.waiting === true;
-}
-
 function tailed(event: RecordedEvent): TailedEvent {
   return {
     position: event.globalPosition,
@@ -109,7 +104,7 @@ export async function tailEvents(options: TailOptions): Promise<void> {
         }
       }
       if (page.length === 500) continue;
-      const delay = (await heldBack(db, checkpoint)) ? 25 : (options.pollIntervalMs ?? 1000);
+      const delay = (await hasEventsAfter(db, checkpoint)) ? 25 : (options.pollIntervalMs ?? 1000);
       if (signal.aborted) break;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, delay);
