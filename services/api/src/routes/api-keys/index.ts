@@ -1,9 +1,10 @@
-import { randomBytes, randomUUID } from "node:crypto";
-import { hashKeyValue, KEY_RANDOM_BYTES, keyValueFromRandomBytes, maskKeyValue } from "@keyledger/domain";
+import { randomUUID } from "node:crypto";
+import { hashKeyValue, maskKeyValue } from "@keyledger/domain";
 import type { FastifyInstance } from "fastify";
 import type { Kysely } from "kysely";
 import type { KeyCommands } from "../../commands/key-commands";
 import { ApiError, apiKeyNotFound } from "../../http-errors";
+import { newKeyValue } from "../../key-values";
 import { requireApiKey, requireJwt } from "../../plugins/app/authentication";
 import { type ApiKeyRow, findLiveApiKey, listLiveApiKeysJson } from "../../read-model-queries";
 import { asApiError, jwtCommandContext } from "./domain-errors";
@@ -74,7 +75,7 @@ export default async function apiKeyRoutes(app: FastifyInstance, { db, commands 
       const context = jwtCommandContext(auth, request);
       const parsed = validateCreateApiKeyBody(request.body, context.now);
       if (!parsed.ok) throw new ApiError(400, parsed.messages.join(", "));
-      const value = keyValueFromRandomBytes(randomBytes(KEY_RANDOM_BYTES));
+      const value = newKeyValue();
       const created = await commands
         .createApiKey(
           {

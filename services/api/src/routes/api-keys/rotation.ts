@@ -1,8 +1,8 @@
-import { randomBytes } from "node:crypto";
-import { hashKeyValue, KEY_RANDOM_BYTES, keyValueFromRandomBytes, maskKeyValue } from "@keyledger/domain";
+import { hashKeyValue, maskKeyValue } from "@keyledger/domain";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { CommandContext, KeyCommands } from "../../commands/key-commands";
 import { ApiError } from "../../http-errors";
+import { newKeyValue } from "../../key-values";
 import { requireApiKey, requireJwt } from "../../plugins/app/authentication";
 import { asApiError, jwtCommandContext } from "./domain-errors";
 import {
@@ -47,7 +47,7 @@ export default async function apiKeyRotationRoutes(app: FastifyInstance, { comma
   ) {
     const parsed = validateRotateApiKeyBody(request.body, context.now);
     if (!parsed.ok) throw new ApiError(400, parsed.messages.join(", "));
-    const value = keyValueFromRandomBytes(randomBytes(KEY_RANDOM_BYTES));
+    const value = newKeyValue();
     const rotated = await commands
       .rotateApiKey(
         key,
