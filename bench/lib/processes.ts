@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { onInterrupt } from "./cleanup";
@@ -87,10 +87,9 @@ export function spawnTs(options: SpawnOptions): ChildService {
       return Number(match[1]) * 1024;
     },
     async cpuMs() {
-      const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-      // Fields after the parenthesised command name: state is field 3, utime 14, stime 15 (clock ticks).
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_SECOND;
+      const cpu = await processCpuMs(String(pid));
+      if (cpu === undefined) throw new Error(`${options.name} has exited`);
+      return cpu;
     },
     async stop(graceMs = 10_000) {
       if (child.exitCode !== null || child.signalCode !== null) return;
@@ -100,6 +99,41 @@ export function spawnTs(options: SpawnOptions): ChildService {
       clearTimeout(timer);
     },
   };
+}
+
+/** CPU time (user + system, ms) a process has used so far, from /proc; undefined once it has exited. */
+async function processCpuMs(pid: string): Promise<number | undefined> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15 (clock ticks).
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_SECOND;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The CPU time (ms) of each Postgres backend connected to `databaseName` on this machine, by pid (their command
+ * line names the database: `postgres: ... <user> <database> <client> <state>`). Empty when Postgres runs elsewhere.
+ */
+export async function databaseBackendsCpu(databaseName: string): Promise<Map<string, number>> {
+  const byPid = new Map<string, number>();
+  for (const pid of await readdir("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    const command = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    if (!command.startsWith("postgres:") || !command.split(/[\s\0]+/).includes(databaseName)) continue;
+    const cpu = await processCpuMs(pid);
+    if (cpu !== undefined) byPid.set(pid, cpu);
+  }
+  return byPid;
+}
+
+/** CPU (ms) the backends used between two `databaseBackendsCpu` snapshots (a backend new in `after` counts whole). */
+export function backendsCpuBetween(before: Map<string, number>, after: Map<string, number>): number {
+  let total = 0;
+  for (const [pid, cpu] of after) total += cpu - (before.get(pid) ?? 0);
+  return total;
 }
 
 /** Polls `url` until it answers `expectStatus`; fails early if the child exits. */

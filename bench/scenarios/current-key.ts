@@ -1,15 +1,36 @@
 import { startBenchEnvironment } from "../lib/environment";
 import { alternate, assertClean, load, median, withCpu } from "../lib/load";
-import { freePort, spawnTs, waitForHttp } from "../lib/processes";
+import { type ChildService, freePort, spawnTs, waitForHttp } from "../lib/processes";
 import type { Figure } from "../lib/report";
 import { type BenchContext, type Scenario, size } from "../lib/scenario";
 
-/** A fastify hello-world route in its own process: the HTTP ceiling every HTTP figure is divided by. */
-export async function startHelloWorld() {
+/**
+ * A fastify hello-world route in its own process: the HTTP ceiling every HTTP figure is divided by. Given a
+ * response, it also serves exactly that response at `staticUrl` with no code behind it.
+ */
+export async function startHelloWorld(staticResponse?: { headers: Record<string, string>; body: string }) {
   const port = await freePort();
-  const service = spawnTs({ name: "hello-world", script: "bench/servers/hello-world.ts", env: { PORT: String(port) } });
+  const service = spawnTs({
+    name: staticResponse ? "same-response" : "hello-world",
+    script: "bench/servers/hello-world.ts",
+    env: { PORT: String(port), STATIC_RESPONSE: staticResponse ? JSON.stringify(staticResponse) : undefined },
+  });
   await waitForHttp(service, `http://127.0.0.1:${port}/health/live`);
-  return { service, url: `http://127.0.0.1:${port}/hello` };
+  return { service, url: `http://127.0.0.1:${port}/hello`, staticUrl: `http://127.0.0.1:${port}/static` };
+}
+
+/** Headers node or fastify set on every response by themselves (the static route gets its own). */
+const AUTOMATIC_HEADERS = new Set(["date", "connection", "keep-alive", "content-length", "transfer-encoding"]);
+
+/** One real response, as a static route would send it: its headers (less the automatic ones) and body. */
+async function capturedResponse(url: string, headers: Record<string, string>) {
+  const response = await fetch(url, { headers });
+  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  const kept: Record<string, string> = {};
+  response.headers.forEach((value, name) => {
+    if (!AUTOMATIC_HEADERS.has(name)) kept[name] = value;
+  });
+  return { headers: kept, body: await response.text() };
 }
 
 /**
@@ -47,6 +68,7 @@ export const currentKeyScenario: Scenario = {
       (h) => h.service.stop(),
       (e) => e.close(),
     );
+    let sameResponse: Awaited<ReturnType<typeof startHelloWorld>> | undefined;
     try {
       const { api, client } = env;
       await client.setMember("org-bench", "user-owner", "owner");
@@ -57,9 +79,18 @@ export const currentKeyScenario: Scenario = {
       };
       const seconds = size(context, 5, 1.5);
       const connections = THROUGHPUT_CONNECTIONS;
+      // The floor for this route: a fastify route sending the very same headers and body, with no code behind it.
+      const captured = await capturedResponse(current.url, current.headers);
+      context.log(
+        `same response: headers ${Object.keys(captured.headers).join(", ")}; body ${captured.body.length} bytes`,
+      );
+      sameResponse = await startHelloWorld(captured);
+      const sameResponseUrl = sameResponse.staticUrl;
       context.log(`warm-up`);
       await load({ url: hello.url, connections, duration: 1 });
+      await load({ url: sameResponseUrl, connections, duration: 1 });
       await load({ ...current, connections, duration: size(context, 3, 1) });
+      const sameResponseRounds: Awaited<ReturnType<typeof withCpu>>[] = [];
       const rounds = await alternate(
         size(context, 3, 2),
         async () =>
@@ -67,18 +98,31 @@ export const currentKeyScenario: Scenario = {
             "hello-world",
             await withCpu(hello.service, () => load({ url: hello.url, connections, duration: seconds })),
           ),
-        async () =>
-          assertClean(
+        async () => {
+          const service = sameResponse?.service as ChildService;
+          sameResponseRounds.push(
+            assertClean(
+              "same response",
+              await withCpu(service, () => load({ url: sameResponseUrl, connections, duration: seconds })),
+            ),
+          );
+          return assertClean(
             "/current",
             await withCpu(api.service, () => load({ ...current, connections, duration: seconds })),
-          ),
+          );
+        },
       );
       const helloRate = median(rounds.baseline.map((r) => r.okPerSecond));
       const currentRate = median(rounds.target.map((r) => r.okPerSecond));
+      const sameResponseRate = median(sameResponseRounds.map((r) => r.okPerSecond));
       const ratio = currentRate / helloRate;
+      const floor = sameResponseRate / helloRate;
+      const cpu = (results: { cpuMicrosPerRequest: number }[]) =>
+        median(results.map((r) => r.cpuMicrosPerRequest)).toFixed(0);
       context.log(
-        `hello-world ${helloRate.toFixed(0)} req/s (${median(rounds.baseline.map((r) => r.cpuMicrosPerRequest)).toFixed(0)} µs CPU/req), ` +
-          `/current ${currentRate.toFixed(0)} req/s (${median(rounds.target.map((r) => r.cpuMicrosPerRequest)).toFixed(0)} µs CPU/req)`,
+        `hello-world ${helloRate.toFixed(0)} req/s (${cpu(rounds.baseline)} µs CPU/req), ` +
+          `same response, no code ${sameResponseRate.toFixed(0)} req/s (${cpu(sameResponseRounds)} µs CPU/req), ` +
+          `/current ${currentRate.toFixed(0)} req/s (${cpu(rounds.target)} µs CPU/req)`,
       );
       const last = rounds.target[rounds.target.length - 1];
       const figure: Figure = {
@@ -91,7 +135,10 @@ export const currentKeyScenario: Scenario = {
         goal: "≥ 0.8×",
         pass: ratio >= 0.8,
         boundBy:
-          "CPU in Node: about 1.5× hello-world's CPU per request (auth hook and verify, rate-limit window and headers, request id, metrics, more response headers), most of either being the socket write",
+          `CPU in Node: ${cpu(rounds.target)} µs per request against hello-world's ${cpu(rounds.baseline)}; the same ` +
+          `headers and body from a route with no code take ${cpu(sameResponseRounds)} µs (${floor.toFixed(2)}×, next ` +
+          "row), the rest is this route's code (auth hook and cached verify, rate-limit window and headers, request " +
+          "id, metrics). Most of every request's CPU is node's HTTP and the socket write",
         details: {
           connections,
           rounds: rounds.target.length,
@@ -99,15 +146,30 @@ export const currentKeyScenario: Scenario = {
           p50Ms: last?.latencyMs.p50 ?? Number.NaN,
           p99Ms: last?.latencyMs.p99 ?? Number.NaN,
           helloCpuMicrosPerRequest: median(rounds.baseline.map((r) => r.cpuMicrosPerRequest)),
+          sameResponseCpuMicrosPerRequest: median(sameResponseRounds.map((r) => r.cpuMicrosPerRequest)),
           apiCpuMicrosPerRequest: median(rounds.target.map((r) => r.cpuMicrosPerRequest)),
           helloRounds: rounds.baseline.map((r) => Math.round(r.okPerSecond)).join(" "),
+          sameResponseRounds: sameResponseRounds.map((r) => Math.round(r.okPerSecond)).join(" "),
           currentRounds: rounds.target.map((r) => Math.round(r.okPerSecond)).join(" "),
         },
       };
-      return [figure];
+      const floorFigure: Figure = {
+        id: "current-key-same-response-floor",
+        label: "the same response as `/current` from a route with no code (fastify, same headers and body), req/s",
+        value: sameResponseRate,
+        unit: "req/s",
+        baseline: { label: "hello-world", value: helloRate, unit: "req/s" },
+        ratio: floor,
+        goal: "–",
+        pass: null,
+        boundBy:
+          "CPU in Node: the response's size and headers (request id, Daytona's three rate-limit headers) in fastify and node's HTTP; the ceiling for /current",
+      };
+      return [figure, floorFigure];
     } finally {
       await env.close();
       await hello.service.stop();
+      await sameResponse?.service.stop();
     }
   },
 };
