@@ -21,9 +21,14 @@ async function rawLookupLatencies(databaseUrl: string, values: readonly string[]
       const started = performance.now();
       const result = await client.query({
         name: "find_api_key_by_hash",
-        text: `SELECT key_id, organization_id, user_id, name, key_hash, masked_value, permissions, created_at, expires_at,
-                      last_used_at, revoked_at, revoked_reason, previous_key_hash, previous_valid_until, rotated_at
-                 FROM api_keys WHERE key_hash = $1 OR previous_key_hash = $1 LIMIT 1`,
+        text: `(SELECT key_id, organization_id, user_id, name, key_hash, masked_value, permissions, created_at, expires_at,
+                       last_used_at, revoked_at, revoked_reason, previous_key_hash, previous_valid_until, rotated_at
+                  FROM api_keys WHERE key_hash = $1
+                UNION ALL
+                SELECT key_id, organization_id, user_id, name, key_hash, masked_value, permissions, created_at, expires_at,
+                       last_used_at, revoked_at, revoked_reason, previous_key_hash, previous_valid_until, rotated_at
+                  FROM api_keys WHERE previous_key_hash = $1)
+               LIMIT 1`,
         values: [hashKeyValue(value)],
       });
       latencies.push(performance.now() - started);

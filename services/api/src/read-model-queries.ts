@@ -6,19 +6,24 @@ import { type Kysely, type Selectable, sql } from "kysely";
 export type ApiKeyRow = Selectable<ReadModelTables["api_keys"]>;
 export type MemberRow = { organizationId: string; userId: string; role: MemberRole; permissions: Permission[] };
 
+const API_KEY_COLUMNS = `key_id, organization_id, user_id, name, key_hash, masked_value, permissions, created_at,
+  expires_at, last_used_at, revoked_at, revoked_reason, previous_key_hash, previous_valid_until, rotated_at`;
+
 function readModel(db: Kysely<unknown>) {
   return db as unknown as Kysely<ReadModelTables>;
 }
 
 /**
  * The key whose current value, or previous value (rotation grace), has this hash; live or revoked; or undefined.
+ * Two index lookups (the current value's first), never a scan: with `key_hash = $1 OR previous_key_hash = $1` a
+ * table without statistics yet (young, or just restored) was read whole, 12 ms at 100,000 keys.
  */
 export async function findApiKeyByHash(db: Kysely<unknown>, keyHash: string): Promise<ApiKeyRow | undefined> {
   const result = await sql<ApiKeyRow>`${sql.raw(PREPARED_STATEMENT)}
-    SELECT key_id, organization_id, user_id, name, key_hash, masked_value, permissions, created_at, expires_at,
-           last_used_at, revoked_at, revoked_reason, previous_key_hash, previous_valid_until, rotated_at
-      FROM api_keys WHERE key_hash = ${keyHash} OR previous_key_hash = ${keyHash}
-     LIMIT 1`.execute(db);
+    (SELECT ${sql.raw(API_KEY_COLUMNS)} FROM api_keys WHERE key_hash = ${keyHash}
+     UNION ALL
+     SELECT ${sql.raw(API_KEY_COLUMNS)} FROM api_keys WHERE previous_key_hash = ${keyHash})
+    LIMIT 1`.execute(db);
   return result.rows[0];
 }
 
