@@ -1,6 +1,7 @@
 import type { EventMetadata, KeyledgerEvent } from "@keyledger/domain";
 import {
   APPENDED_CTE,
+  appendToNewStreamsInOneStatement,
   appendToStream,
   appendToStreamInOneStatement,
   checkpointOf,
@@ -178,6 +179,87 @@ export function describeEventStore(label: string, open: () => Promise<Kysely<unk
           }),
         ).rejects.toThrow(/division by zero/);
         expect(await readStream(db, streamId)).toEqual({ version: 0, events: [] });
+      });
+    });
+
+    describe("appendToNewStreamsInOneStatement", () => {
+      const table = `new_streams_writes_${Date.now()}`;
+      beforeAll(async () => {
+        await sql`CREATE TABLE ${sql.id(table)} (stream_id text PRIMARY KEY)`.execute(db);
+      });
+      const now = new Date("2026-01-02T03:04:05.678Z");
+      const newStream = (streamId: string, n: number, by = metadata) => ({
+        streamId,
+        event: event("Opened", { n }),
+        metadata: by,
+        occurredAt: now,
+      });
+      const alsoWrite = sql`INSERT INTO ${sql.id(table)} (stream_id) SELECT stream_id FROM ${sql.id(APPENDED_CTE)}`;
+      const written = async (streamIds: string[]) =>
+        (
+          await sql<{ stream_id: string }>`SELECT stream_id FROM ${sql.id(table)}
+                                           WHERE stream_id = ANY(${streamIds}::text[]) ORDER BY stream_id`.execute(db)
+        ).rows.map((row) => row.stream_id);
+
+      it("writes the first event of each new stream, with its own metadata, and alsoWrite, in one transaction", async () => {
+        const [a, b, c] = [uniqueId("new-a"), uniqueId("new-b"), uniqueId("new-c")];
+        const other: EventMetadata = { ...metadata, actorUserId: "user-2", requestId: "req-2" };
+        const recorded = await appendToNewStreamsInOneStatement(
+          db,
+          [newStream(a, 1), newStream(b, 2, other), newStream(c, 3)],
+          { alsoWrite: [alsoWrite] },
+        );
+        expect(recorded.map((e) => [e?.streamId, e?.streamVersion, e?.data, e?.occurredAt.toISOString()])).toEqual([
+          [a, 1, { n: 1 }, now.toISOString()],
+          [b, 1, { n: 2 }, now.toISOString()],
+          [c, 1, { n: 3 }, now.toISOString()],
+        ]);
+        expect(recorded[1]?.metadata).toEqual(other);
+        expect(new Set(recorded.map((e) => e?.transactionId)).size).toBe(1);
+        for (const [i, streamId] of [a, b, c].entries()) {
+          expect((await readStream(db, streamId)).events.map((e) => e.eventId)).toEqual([recorded[i]?.eventId]);
+        }
+        expect(await written([a, b, c])).toEqual([a, b, c].sort());
+      });
+
+      it("skips, and only skips, a stream with history, a second append to one stream, and streams left out", async () => {
+        const [old, fresh, twice, barred] = ["old", "fresh", "twice", "barred"].map((name) => uniqueId(name)) as [
+          string,
+          string,
+          string,
+          string,
+        ];
+        await append(db, old, 0, [event("Opened", { n: 0 })]);
+        const recorded = await appendToNewStreamsInOneStatement(
+          db,
+          [newStream(old, 1), newStream(fresh, 2), newStream(twice, 3), newStream(twice, 4), newStream(barred, 5)],
+          {
+            onlyStreams: sql`SELECT unnest(${[old, fresh, twice]}::text[]) AS stream_id`,
+            alsoWrite: [alsoWrite],
+          },
+        );
+        expect(recorded.map((e) => (e === undefined ? undefined : e.data))).toEqual([
+          undefined,
+          { n: 2 },
+          { n: 3 },
+          undefined,
+          undefined,
+        ]);
+        expect((await readStream(db, old)).events.map((e) => e.data)).toEqual([{ n: 0 }]);
+        expect((await readStream(db, twice)).events.map((e) => e.data)).toEqual([{ n: 3 }]);
+        expect(await readStream(db, barred)).toEqual({ version: 0, events: [] });
+        expect(await written([old, fresh, twice, barred])).toEqual([fresh, twice].sort());
+      });
+
+      it("keeps no event when a statement of alsoWrite fails", async () => {
+        const [a, b] = [uniqueId("new-a"), uniqueId("new-b")];
+        await expect(
+          appendToNewStreamsInOneStatement(db, [newStream(a, 1), newStream(b, 2)], {
+            alsoWrite: [sql`INSERT INTO ${sql.id(table)} (stream_id) SELECT (1 / 0)::text`],
+          }),
+        ).rejects.toThrow(/division by zero/);
+        expect(await readStream(db, a)).toEqual({ version: 0, events: [] });
+        expect(await readStream(db, b)).toEqual({ version: 0, events: [] });
       });
     });
 

@@ -200,6 +200,72 @@ export async function appendToStreamInOneStatement<E extends KeyledgerEvent>(
   }
 }
 
+/** One event for a stream that must not have any yet (its version 1), for `appendToNewStreamsInOneStatement`. */
+export type NewStreamAppend<E extends KeyledgerEvent = KeyledgerEvent> = {
+  streamId: string;
+  event: E;
+  metadata: EventMetadata;
+  occurredAt: Date;
+};
+
+export type NewStreamsAppendOptions = {
+  /**
+   * A SELECT returning a `stream_id` column: only appends to those streams happen, in the same statement (it may lock
+   * what it reads, e.g. `FOR SHARE`, so a concurrent change waits or is seen). Absent: every stream may be appended.
+   */
+  onlyStreams?: RawBuilder<unknown>;
+  /** Further data-modifying statements run in the same statement; they read the appended rows from `APPENDED_CTE`. */
+  alsoWrite?: readonly RawBuilder<unknown>[];
+};
+
+/**
+ * Appends the first event of several new streams in a single SQL statement — one round trip and one commit for
+ * all of them (outside a transaction it commits by itself), each append on its own: an append whose stream already
+ * has an event (written before, concurrently, or earlier in the same batch) or that `onlyStreams` leaves out is
+ * skipped, never an error for the others. Returns, in the order given, each append's recorded event or `undefined`
+ * when it was skipped (read the stream and decide again). Its text depends only on the options' texts, so it can
+ * be prepared once.
+ */
+export async function appendToNewStreamsInOneStatement<E extends KeyledgerEvent>(
+  db: Kysely<unknown>,
+  appends: readonly NewStreamAppend<E>[],
+  options: NewStreamsAppendOptions = {},
+): Promise<(RecordedEvent<E> | undefined)[]> {
+  if (appends.length === 0) return [];
+  const rows = appends.map((append, n) => ({
+    n,
+    event_id: randomUUID(),
+    stream_id: append.streamId,
+    event_type: append.event.type,
+    data: append.event.data,
+    metadata: append.metadata,
+    occurred_at: append.occurredAt.toISOString(),
+  }));
+  const allowed = options.onlyStreams ? sql`WHERE v.stream_id IN (SELECT stream_id FROM allowed)` : sql``;
+  const ctes = [
+    ...(options.onlyStreams ? [sql`allowed AS (${options.onlyStreams})`] : []),
+    sql`${sql.id(APPENDED_CTE)} AS (
+      INSERT INTO events (event_id, stream_id, stream_version, event_type, data, metadata, occurred_at)
+      SELECT v.event_id, v.stream_id, 1, v.event_type, v.data, v.metadata, v.occurred_at
+        FROM jsonb_to_recordset(${JSON.stringify(rows)}::jsonb)
+             AS v(n integer, event_id uuid, stream_id text, event_type text, data jsonb, metadata jsonb,
+                  occurred_at timestamptz)
+       ${allowed}
+       ORDER BY v.n
+      ON CONFLICT (stream_id, stream_version) DO NOTHING
+      RETURNING ${eventColumns()})`,
+    ...(options.alsoWrite ?? []).map((statement, i) => sql`${sql.id(`also_${i}`)} AS (${statement})`),
+  ];
+  const result = await sql<EventRow>`${sql.raw(PREPARED_STATEMENT)}
+    WITH ${sql.join(ctes)}
+    SELECT ${eventColumns()} FROM ${sql.id(APPENDED_CTE)}`.execute(db);
+  const byEventId = new Map(result.rows.map((row) => [String(row.event_id), row]));
+  return rows.map((row) => {
+    const recorded = byEventId.get(row.event_id);
+    return recorded === undefined ? undefined : (toRecordedEvent(recorded) as RecordedEvent<E>);
+  });
+}
+
 /**
  * Wakes readers of the whole log (projector, relay) when the transaction commits. Outside a transaction it commits
  * by itself: `AppendNotifier` sends it that way after appends committed, coalescing many commits into one.

@@ -41,19 +41,12 @@ import {
   type ReadModelTables,
 } from "@keyledger/projections";
 import { type Kysely, sql } from "kysely";
+import { isRetryableConflict } from "../database-errors";
 import { invalidAuthContext } from "../http-errors";
 import { findMember } from "../read-model-queries";
+import { NewKeyBatches } from "./new-key-batches";
 
 const MAX_ATTEMPTS = 5;
-
-/**
- * Postgres rolled the whole transaction back because it collided with another one (deadlock, serialization
- * failure): nothing was written, so the command runs again with fresh state.
- */
-function isRetryableConflict(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return code === "40P01" || code === "40001";
-}
 
 /** Called after a command's transaction commits, with the events it appended (e.g. to publish them). */
 export type OnCommitted = (events: RecordedEvent[]) => void;
@@ -103,6 +96,7 @@ async function loadMember(trx: Db, streamId: string): Promise<{ state: MemberSta
  */
 export class KeyCommands {
   private readonly notifier: AppendNotifier;
+  private readonly newKeys: NewKeyBatches;
 
   /**
    * `onCommitted` sees each command's events after its commit. The log's readers (projector, relay) are woken after
@@ -114,6 +108,7 @@ export class KeyCommands {
     notify: AppendNotifierOptions = {},
   ) {
     this.notifier = new AppendNotifier(db, notify);
+    this.newKeys = new NewKeyBatches(db, (events) => this.committed(events));
   }
 
   /** Sends a pending wake-up to the log's readers; later commands do not notify. */
@@ -169,11 +164,12 @@ export class KeyCommands {
   }
 
   /**
-   * Creates a key for the caller, usually in one statement: the domain decides (against an empty stream first,
-   * see below), and the append, the read-model row and the grantor check commit together. The grantor's access
-   * (`grantor`: as authentication just read it, else read here) is re-checked in that statement under a share
-   * lock, so a concurrent downgrade either waits for the create (and then sees the new key) or makes it read and
-   * decide again.
+   * Creates a key for the caller. Usually (`grantorAsAuthenticated` given: the grantor's access as authentication
+   * just read it) the domain decides against an empty stream without reading it, and the key is written with the
+   * other creates of this event-loop turn in one statement (`NewKeyBatches`) that checks, per key, that the stream is
+   * still new and the grantor's access unchanged (under a share lock, so a concurrent downgrade either waits for the
+   * create, and then sees the new key, or makes it decide again). A create that check skips, or without the
+   * grantor, is decided and written on its own (`createApiKeyAlone`).
    */
   async createApiKey(
     input: {
@@ -190,7 +186,37 @@ export class KeyCommands {
     grantorAsAuthenticated?: { role: MemberRole; permissions: Permission[] },
   ): Promise<KeyEvent> {
     const streamId = keyStreamId(input.organizationId, input.userId, input.name);
-    let grantor = grantorAsAuthenticated;
+    if (grantorAsAuthenticated !== undefined) {
+      const grantor = { role: grantorAsAuthenticated.role, permissions: grantorAsAuthenticated.permissions };
+      const events = decideApiKey(
+        { type: "CreateKey", data: { ...input, grantor, now: context.now } },
+        initialApiKeyState,
+      );
+      const created = events[0];
+      if (events.length === 1 && created !== undefined) {
+        const recorded = await this.newKeys.append({
+          streamId,
+          event: created,
+          metadata: context.metadata,
+          occurredAt: context.now,
+          grantor: { organizationId: input.organizationId, userId: input.userId, ...grantor },
+        });
+        if (recorded !== undefined) return created;
+      }
+    }
+    return this.createApiKeyAlone(streamId, input, context);
+  }
+
+  /**
+   * A create decided and written on its own, in one statement per attempt: the grantor is read here, the stream is
+   * assumed new first, and the append, its read-model row and the grantor check (share lock) commit together.
+   */
+  private async createApiKeyAlone(
+    streamId: string,
+    input: Parameters<KeyCommands["createApiKey"]>[0],
+    context: CommandContext,
+  ): Promise<KeyEvent> {
+    let grantor: { role: MemberRole; permissions: Permission[] } | undefined;
     // Most creates use a name never used before: the first attempt decides against an empty stream without reading
     // it, and the append (expected version 0) checks that in its statement. A name with history makes it fail with
     // a version conflict; the next attempt reads the stream and decides again.
