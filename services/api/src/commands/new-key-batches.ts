@@ -7,7 +7,7 @@ import {
 } from "@keyledger/event-store";
 import { createOnlyReadModelWrites } from "@keyledger/projections";
 import { type Kysely, sql } from "kysely";
-import { isRetryableConflict } from "../database-errors";
+import { isDatabaseUnavailable, isRetryableConflict } from "../database-errors";
 
 /** A create the domain has decided against an empty stream, with the grantor's access it was decided on. */
 export type NewKey = NewStreamAppend<KeyEvent> & {
@@ -82,14 +82,25 @@ export class NewKeyBatches {
         alsoWrite: readModelWrites,
       });
     } catch (error) {
-      // Nothing was written. A create alone fails as it would have on its own (a deadlock or serialization failure
-      // is retried); creates that shared the statement are each decided again on their own, so none fails for
-      // another's sake.
-      if (batch.length === 1 && !isRetryableConflict(error)) batch[0]?.done(undefined, error);
-      else for (const entry of batch) entry.done(undefined);
+      // A deadlock or serialization failure wrote nothing: each create is tried again on its own. The database
+      // could not be reached, or the connection was lost (then whether the statement committed is unknown): every
+      // create fails as one on its own would (503), rather than be decided again against what may be its own key.
+      // Any other failure wrote nothing: a create alone fails as it would have on its own; creates that shared the
+      // statement are each decided again on their own, so none fails for another's sake.
+      const fails = !isRetryableConflict(error) && (isDatabaseUnavailable(error) || batch.length === 1);
+      for (const entry of batch) entry.done(undefined, fails ? error : undefined);
       return;
     }
-    this.committed(recorded.filter((event): event is RecordedEvent => event !== undefined));
+    try {
+      this.committed(recorded.filter((event): event is RecordedEvent => event !== undefined));
+    } catch (error) {
+      // As for a create on its own: what runs after the commit failed, and each written create's caller hears of
+      // it (the skipped ones are still decided again).
+      batch.forEach((entry, i) => {
+        entry.done(undefined, recorded[i] === undefined ? undefined : error);
+      });
+      return;
+    }
     batch.forEach((entry, i) => {
       entry.done(recorded[i]);
     });
