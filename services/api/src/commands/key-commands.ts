@@ -164,12 +164,12 @@ export class KeyCommands {
   }
 
   /**
-   * Creates a key for the caller. Usually (`grantorAsAuthenticated` given: the grantor's access as authentication
-   * just read it) the domain decides against an empty stream without reading it, and the key is written with the
-   * other creates of this event-loop turn in one statement (`NewKeyBatches`) that checks, per key, that the stream is
-   * still new and the grantor's access unchanged (under a share lock, so a concurrent downgrade either waits for the
-   * create, and then sees the new key, or makes it decide again). A create that check skips, or without the
-   * grantor, is decided and written on its own (`createApiKeyAlone`).
+   * Creates a key for the caller. Almost every create uses a name never used before, so the domain first decides
+   * against an empty stream without reading it, with the grantor's access as authentication just read it (else read
+   * here), and the key is written with the other creates of this event-loop turn in one statement (`NewKeyBatches`)
+   * that checks, per key, that the stream is still new and the grantor's access unchanged (under a share lock, so a
+   * concurrent downgrade either waits for the create, and then sees the new key, or makes it decide again). A create
+   * that check skips is decided again on what the stream and the membership say (`createOnStream`).
    */
   async createApiKey(
     input: {
@@ -186,49 +186,51 @@ export class KeyCommands {
     grantorAsAuthenticated?: { role: MemberRole; permissions: Permission[] },
   ): Promise<KeyEvent> {
     const streamId = keyStreamId(input.organizationId, input.userId, input.name);
-    if (grantorAsAuthenticated !== undefined) {
-      const grantor = { role: grantorAsAuthenticated.role, permissions: grantorAsAuthenticated.permissions };
-      const events = decideApiKey(
-        { type: "CreateKey", data: { ...input, grantor, now: context.now } },
-        initialApiKeyState,
-      );
-      const created = events[0];
-      if (events.length === 1 && created !== undefined) {
-        const recorded = await this.newKeys.append({
-          streamId,
-          event: created,
-          metadata: context.metadata,
-          occurredAt: context.now,
-          grantor: { organizationId: input.organizationId, userId: input.userId, ...grantor },
-        });
-        if (recorded !== undefined) return created;
-      }
-    }
-    return this.createApiKeyAlone(streamId, input, context);
+    const grantor = grantorAsAuthenticated ?? (await this.grantorOf(input));
+    const [created] = decideApiKey(
+      {
+        type: "CreateKey",
+        data: { ...input, grantor: { role: grantor.role, permissions: grantor.permissions }, now: context.now },
+      },
+      initialApiKeyState,
+    );
+    if (created === undefined) throw new Error("CreateKey is expected to decide one KeyCreated");
+    const recorded = await this.newKeys.append({
+      streamId,
+      event: created,
+      metadata: context.metadata,
+      occurredAt: context.now,
+      grantor: {
+        organizationId: input.organizationId,
+        userId: input.userId,
+        role: grantor.role,
+        permissions: grantor.permissions,
+      },
+    });
+    if (recorded !== undefined) return created;
+    return this.createOnStream(streamId, input, context);
+  }
+
+  private async grantorOf(input: { organizationId: string; userId: string }) {
+    const member = await findMember(this.db, input.organizationId, input.userId);
+    if (!member) throw invalidAuthContext();
+    return member;
   }
 
   /**
-   * A create decided and written on its own, in one statement per attempt: the grantor is read here, the stream is
-   * assumed new first, and the append, its read-model row and the grantor check (share lock) commit together.
+   * A create the shared statement skipped (its name has history, its grantor's access changed, a create of the same
+   * name shared the statement, or the statement failed): the grantor and the key's stream are read, the domain
+   * decides again (a live key of that name: 409), and the append at the stream's version, its read-model row and
+   * the grantor check (share lock) commit together in one statement per attempt.
    */
-  private async createApiKeyAlone(
+  private async createOnStream(
     streamId: string,
     input: Parameters<KeyCommands["createApiKey"]>[0],
     context: CommandContext,
   ): Promise<KeyEvent> {
-    let grantor: { role: MemberRole; permissions: Permission[] } | undefined;
-    // Most creates use a name never used before: the first attempt decides against an empty stream without reading
-    // it, and the append (expected version 0) checks that in its statement. A name with history makes it fail with
-    // a version conflict; the next attempt reads the stream and decides again.
-    let assumeNewStream = true;
     for (let attempt = 1; ; attempt++) {
-      if (grantor === undefined) {
-        grantor = await findMember(this.db, input.organizationId, input.userId);
-        if (!grantor) throw invalidAuthContext();
-      }
-      const { state, version } = assumeNewStream
-        ? { state: initialApiKeyState, version: 0 }
-        : await loadApiKey(this.db, streamId);
+      const grantor = await this.grantorOf(input);
+      const { state, version } = await loadApiKey(this.db, streamId);
       const events = decideApiKey(
         {
           type: "CreateKey",
@@ -256,18 +258,12 @@ export class KeyCommands {
           },
         );
       } catch (error) {
-        if (error instanceof StreamVersionConflict && assumeNewStream) {
-          assumeNewStream = false;
-          attempt--; // finding out the stream has history is not a conflict with another writer
-          continue;
-        }
         if ((error instanceof StreamVersionConflict || isRetryableConflict(error)) && attempt < MAX_ATTEMPTS) continue;
         throw error;
       }
       if (recorded === undefined) {
         // The grantor's access changed (or they left) after it was read: read it again and decide again.
         if (attempt >= MAX_ATTEMPTS) throw new StreamVersionConflict(streamId);
-        grantor = undefined;
         continue;
       }
       this.committed(recorded);
