@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import type { NotificationSource } from "@keyledger/projections";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
@@ -12,12 +11,15 @@ import { recordReportedKeyUses } from "./key-use-reports";
 import { measureLogReaderLag } from "./log-reader-lag";
 import { MemberCache } from "./member-cache";
 import authentication from "./plugins/app/authentication";
-import rateLimits, { type RateLimitSettings } from "./plugins/app/rate-limits";
+import rateLimitsPlugin, { type RateLimitSettings, RateLimits } from "./plugins/app/rate-limits";
 import errorHandler, { clientErrorHandler, frameworkErrorHandler } from "./plugins/external/error-handler";
 import metrics from "./plugins/external/metrics";
 import openapi from "./plugins/external/openapi";
+import type { ApiKeyRow } from "./read-model-queries";
+import { requestIdFor } from "./request-id";
 import { lazyChildLoggerFactory } from "./request-logger";
 import apiKeyEventRoutes from "./routes/api-key-events/index";
+import { answerBeforeFastify, cachedCurrentKeyAnswerer } from "./routes/api-keys/current-key-fast-path";
 import apiKeyRoutes from "./routes/api-keys/index";
 import apiKeyRotationRoutes from "./routes/api-keys/rotation";
 import { ErrorSchema, PermissionSchema } from "./routes/api-keys/schemas";
@@ -47,8 +49,6 @@ export type AppOptions = {
   notifications?: NotificationSource;
 };
 
-const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-
 /** Paths that never appear in logs with their secrets: tokens and key values. */
 export const LOG_REDACTIONS = [
   "req.headers.authorization",
@@ -74,10 +74,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     frameworkErrors: frameworkErrorHandler,
     clientErrorHandler,
     requestIdHeader: "x-request-id",
-    genReqId: (req) => {
-      const given = req.headers["x-request-id"];
-      return typeof given === "string" && REQUEST_ID.test(given) ? given : randomUUID();
-    },
+    genReqId: (req) => requestIdFor(req.headers["x-request-id"]),
     routerOptions: { maxParamLength: 1024, ignoreDuplicateSlashes: false },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
@@ -112,6 +109,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     },
   );
   const usage = new KeyUsageRecorder(commands, options.keyUsedThrottleMs, app.log);
+  const recordKeyUse = (key: ApiKeyRow, requestId: string) => usage.record(key, requestId);
   if (options.nats?.membership) eventBus?.consumeMembership(options.nats.membership, commands, app.log);
   eventBus?.onKeyUseReports(options.nats?.subjectPrefix ?? "", (report) => {
     void recordReportedKeyUses(options.db, usage, report).catch((error: unknown) =>
@@ -143,7 +141,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
 
   await app.register(metrics, { cache: verifier, logReaderLag: () => measureLogReaderLag(options.db) });
-  await app.register(rateLimits, options.rateLimits ?? { failedAuth: null, authenticated: null });
+  const rateLimits = new RateLimits(options.rateLimits ?? { failedAuth: null, authenticated: null });
+  await app.register(rateLimitsPlugin, { limits: rateLimits });
   await app.register(errorHandler, { onUnauthorized: app.failedAuthentication });
   await app.register(openapi);
   const devIssuer = options.devIssuer;
@@ -154,7 +153,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   await app.register(authentication, {
     db: options.db,
     oidc,
-    onApiKeyUsed: (key, request) => usage.record(key, request.id),
+    onApiKeyUsed: recordKeyUse,
     verifier,
     members,
   });
@@ -169,5 +168,21 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     await app.register(internalMemberRoutes, { commands, internalApiToken: options.internalApiToken });
   }
   if (devIssuer) await app.register(devIssuerRoutes, { issuer: devIssuer, commands });
+
+  // The cached `/current` answer, ahead of fastify (routes/api-keys/current-key-fast-path.ts says when it applies).
+  const log = app.log as { isLevelEnabled?: (level: string) => boolean };
+  const cachedCurrentKey = cachedCurrentKeyAnswerer({
+    verifier,
+    rateLimits,
+    trustsProxy: options.trustProxy !== undefined && options.trustProxy !== false,
+    onApiKeyUsed: recordKeyUse,
+    logsRequests: () => log.isLevelEnabled?.("info") ?? false,
+    onError: (error) => app.log.error({ err: error }, "the cached /current answer failed; fastify answers"),
+  });
+  answerBeforeFastify(app.server, cachedCurrentKey);
+  app.addHook("preClose", (done) => {
+    cachedCurrentKey.close();
+    done();
+  });
   return app;
 }

@@ -10,13 +10,18 @@ export const metricsRegistry = new Registry();
 collectDefaultMetrics({ register: metricsRegistry, prefix: "keyledger_" });
 
 /** Request latency per route pattern (never the raw URL, so names and ids do not explode the label set). */
-export const httpRequestDuration = new Histogram({
+const httpRequestDuration = new Histogram({
   name: "keyledger_http_request_duration_seconds",
   help: "HTTP request latency by method, route pattern and status code",
   labelNames: ["method", "route", "status_code"] as const,
   buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
   registers: [metricsRegistry],
 });
+
+/** The latency series of one route's answers with one status code, bound once (an observation is then cheap). */
+export function requestDurationSeries(method: string, route: string, statusCode: number) {
+  return httpRequestDuration.labels({ method, route, status_code: String(statusCode) });
+}
 
 /** Outcomes of presenting an API key: valid, or why not. */
 export const API_KEY_VERIFICATION_OUTCOMES = ["valid", "malformed", "not_found", "expired", "revoked"] as const;

@@ -1,3 +1,4 @@
+import type { IncomingHttpHeaders } from "node:http";
 import type { MemberRole, Permission } from "@keyledger/domain";
 import { KEY_STATUS_HEADER, VALID_UNTIL_HEADER, type VerifyResult } from "@keyledger/verifier";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
@@ -49,7 +50,7 @@ export type AuthenticationOptions = {
   /** `jwks`, when given, is the key set itself (the development issuer's): nothing is fetched from `jwksUrl`. */
   oidc: { issuer: string; jwksUrl: string; audience: string | undefined; jwks?: JSONWebKeySet };
   /** Called after a successful API-key authentication (records `KeyUsed`, throttled). */
-  onApiKeyUsed: (key: ApiKeyRow, request: FastifyRequest) => void;
+  onApiKeyUsed: (key: ApiKeyRow, requestId: string) => void;
   /**
    * Decides API keys: the same verifier as the gateways, with a database lookup. With NATS its cache is invalidated
    * by every replica's events; `Cache-Control: no-cache` (sent by gateways on their misses) reads the database.
@@ -63,21 +64,46 @@ const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 export const ORGANIZATION_HEADER = "x-daytona-organization-id";
 
 /** How many `Authorization` lines the request had: node keeps only the first of several, silently. */
-function authorizationHeaderCount(request: FastifyRequest): number {
-  const raw = request.raw.rawHeaders;
+function authorizationHeaderCount(rawHeaders: readonly string[]): number {
   let count = 0;
-  for (let i = 0; i < raw.length; i += 2) if (raw[i]?.toLowerCase() === "authorization") count++;
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]?.toLowerCase() === "authorization") count++;
   return count;
 }
 
+/**
+ * The token of the request's `Authorization: Bearer <token>`, or undefined when there is none, when the header is
+ * not a bearer credential, or when the request has two (ambiguous: a proxy may have read the other one).
+ */
+export function presentedBearerToken(headers: IncomingHttpHeaders, rawHeaders: readonly string[]): string | undefined {
+  const header = headers.authorization;
+  if (typeof header !== "string") return undefined;
+  if (authorizationHeaderCount(rawHeaders) > 1) return undefined;
+  return /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1] || undefined;
+}
+
+/** A JWT's shape (three base64url parts); anything else presented as a bearer token is taken for an API key. */
+export function looksLikeJwt(token: string): boolean {
+  return JWT_SHAPE.test(token);
+}
+
+/** `Cache-Control: no-cache` (gateways send it on their misses): the key is read from the database. */
+export function bypassesKeyCache(headers: IncomingHttpHeaders): boolean {
+  const cacheControl = headers["cache-control"];
+  return typeof cacheControl === "string" && cacheControl.includes("no-cache");
+}
+
+/**
+ * `X-Keyledger-Valid-Until` for a rotated-out value in its grace period (gateways must not cache it past that
+ * instant); undefined for a key's current value.
+ */
+export function gracePeriodHeader(key: Pick<ApiVerifiedKey, "row" | "keyHash" | "validUntil">): string | undefined {
+  return key.validUntil !== null && key.row.key_hash !== key.keyHash ? key.validUntil.toISOString() : undefined;
+}
+
 function bearerToken(request: FastifyRequest): string {
-  const header = request.headers.authorization;
-  if (typeof header !== "string") throw invalidCredentials();
-  // Two credentials are ambiguous (a proxy may have read the other one): accept neither.
-  if (authorizationHeaderCount(request) > 1) throw invalidCredentials();
-  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
-  if (!match?.[1]) throw invalidCredentials();
-  return match[1];
+  const token = presentedBearerToken(request.headers, request.raw.rawHeaders);
+  if (token === undefined) throw invalidCredentials();
+  return token;
 }
 
 /** How long a verified JWT is taken on trust before its signature is checked again (never past its `exp`). */
@@ -188,11 +214,9 @@ export default fp(
 
     function acceptApiKey(request: FastifyRequest, reply: FastifyReply, auth: ApiKeyAuthContext): void {
       request.auth = auth;
-      // A rotated-out value in its grace period: gateways must not cache it past this instant.
-      if (auth.validUntil !== null && auth.key.key_hash !== auth.keyHash) {
-        reply.header(VALID_UNTIL_HEADER, auth.validUntil.toISOString());
-      }
-      options.onApiKeyUsed(auth.key, request);
+      const validUntil = gracePeriodHeader({ row: auth.key, keyHash: auth.keyHash, validUntil: auth.validUntil });
+      if (validUntil !== undefined) reply.header(VALID_UNTIL_HEADER, validUntil);
+      options.onApiKeyUsed(auth.key, request.id);
     }
 
     /**
@@ -205,16 +229,15 @@ export default fp(
       required: RouteAuth,
     ): Promise<void> | undefined {
       const token = bearerToken(request);
-      const looksLikeJwt = JWT_SHAPE.test(token);
-      if (required === "jwt" || (required === "jwt_or_api_key" && looksLikeJwt)) {
-        if (!looksLikeJwt) throw invalidCredentials();
+      const jwtShaped = looksLikeJwt(token);
+      if (required === "jwt" || (required === "jwt_or_api_key" && jwtShaped)) {
+        if (!jwtShaped) throw invalidCredentials();
         return authenticateJwt(request, token).then((auth) => {
           request.auth = auth;
         });
       }
-      if (looksLikeJwt) throw invalidCredentials();
-      const cacheControl = request.headers["cache-control"];
-      const bypassCache = typeof cacheControl === "string" && cacheControl.includes("no-cache");
+      if (jwtShaped) throw invalidCredentials();
+      const bypassCache = bypassesKeyCache(request.headers);
       const cached = bypassCache ? undefined : options.verifier.peek(token);
       if (cached !== undefined) {
         acceptApiKey(request, reply, apiKeyAuthContext(cached));

@@ -23,7 +23,7 @@ export const TOO_MANY_REQUESTS = "ThrottlerException: Too Many Requests";
 /** Paths a blocked IP may still reach: probes come from the platform, not from the client being throttled. */
 const UNTHROTTLED_PATH = /^\/health\//;
 
-type Counted = { limit: number; remaining: number; resetSeconds: number; exceeded: boolean };
+export type Counted = { limit: number; remaining: number; resetSeconds: number; exceeded: boolean };
 
 /**
  * Fixed windows counted per key, in memory: a key's first hit starts its window of `ttlMs`, and hits within it are
@@ -100,49 +100,117 @@ const HEADER_NAMES: Record<Throttler, { limit: string; remaining: string; reset:
   },
 };
 
-/** Daytona's headers: `X-RateLimit-{Limit,Remaining,Reset}-<throttler>`, plus `Retry-After` on a 429. */
-function setHeaders(reply: FastifyReply, throttler: Throttler, counted: Counted) {
+/** Daytona's headers for a count: `X-RateLimit-{Limit,Remaining,Reset}-<throttler>`, as name/value pairs. */
+export function rateLimitHeaders(throttler: Throttler, counted: Counted): [string, string][] {
   const names = HEADER_NAMES[throttler];
-  reply.header(names.limit, `${counted.limit}`);
-  reply.header(names.remaining, `${counted.remaining}`);
-  reply.header(names.reset, `${counted.resetSeconds}`);
+  return [
+    [names.limit, `${counted.limit}`],
+    [names.remaining, `${counted.remaining}`],
+    [names.reset, `${counted.resetSeconds}`],
+  ];
+}
+
+function setHeaders(reply: FastifyReply, throttler: Throttler, counted: Counted) {
+  for (const [name, value] of rateLimitHeaders(throttler, counted)) reply.header(name, value);
 }
 
 function tooManyRequests(counted: Counted): ApiError {
   return new ApiError(429, TOO_MANY_REQUESTS, { "retry-after": String(Math.max(1, counted.resetSeconds)) });
 }
 
+/** The client a failed-auth window belongs to: IPv6 clients per /64 (normalizeIP), an IPv4 address itself. */
+export function failedAuthClient(ip: string): string {
+  return ip.includes(":") ? normalizeIP(ip) : ip;
+}
+
 /**
- * Daytona's rate limits, in memory on each replica (see docs/reliability.md for why not shared).
+ * Daytona's two limits, in memory on each replica (see docs/reliability.md for why not shared): the counters and
+ * the questions asked of them. The plugin below applies them to fastify's requests; the cached `/current` answer
+ * (routes/api-keys/current-key-fast-path.ts) asks the same questions of the same counters.
  *
  * - failed-auth, per client IP (`request.ip`, which honours `X-Forwarded-For` only when the app trusts a proxy;
- *   IPv6 counted per /64): every 401 counts (`app.failedAuthentication`, called by the error handler); the
- *   failure that reaches the limit and every later request from that IP are answered 429 until the window
- *   (started by the first failure) ends.
+ *   IPv6 counted per /64): every 401 counts; the failure that reaches the limit and every later request from that
+ *   IP are answered 429 until the window (started by the first failure) ends.
  * - authenticated, per organization: every request that authenticated counts, after authentication, before the
  *   body is parsed; past the limit the answer is 429 until the window ends.
+ */
+export class RateLimits {
+  private readonly failures: FixedWindowCounter | null;
+  private readonly requests: FixedWindowCounter | null;
+
+  constructor(settings: RateLimitSettings) {
+    const { failedAuth, authenticated } = settings;
+    this.failures =
+      failedAuth !== null && failedAuth.limit > 0
+        ? new FixedWindowCounter(failedAuth.limit, failedAuth.ttlSeconds * 1000)
+        : null;
+    this.requests =
+      authenticated !== null && authenticated.limit > 0
+        ? new FixedWindowCounter(authenticated.limit, authenticated.ttlSeconds * 1000)
+        : null;
+  }
+
+  get countsFailedAuth(): boolean {
+    return this.failures !== null;
+  }
+
+  get countsAuthenticated(): boolean {
+    return this.requests !== null;
+  }
+
+  /** False when no client has a failed-auth window at all (then no client can be blocked, whatever its IP). */
+  get anyClientHasFailures(): boolean {
+    return this.failures !== null && this.failures.size > 0;
+  }
+
+  /** Whether `client` (see `failedAuthClient`) has used up its failed-auth window. */
+  isClientBlocked(client: string, now: number): boolean {
+    return this.failures?.isExhausted(client, now) === true;
+  }
+
+  /** Where a blocked client's window stands (for the 429's headers), without counting. */
+  blockedWindow(client: string, now: number): Counted | null {
+    return this.failures === null ? null : this.failures.hit(client, now, false);
+  }
+
+  /** Counts a failed authentication of `client`; null when the limit is off. */
+  countFailure(client: string, now: number): Counted | null {
+    return this.failures === null ? null : this.failures.hit(client, now);
+  }
+
+  /** Whether the organization's next authenticated request would be over its limit (nothing is counted). */
+  isOrganizationExhausted(organizationId: string, now: number): boolean {
+    return this.requests?.isExhausted(organizationId, now) === true;
+  }
+
+  /** Counts an authenticated request of the organization; null when the limit is off. */
+  countAuthenticated(organizationId: string, now: number): Counted | null {
+    return this.requests === null ? null : this.requests.hit(organizationId, now);
+  }
+}
+
+/**
+ * Applies `RateLimits` to fastify's requests: a blocked IP is refused (429) when its request arrives, a 401 counts
+ * a failure (`app.failedAuthentication`, called by the error handler), and an authenticated request counts for
+ * its organization before its body is parsed.
  *
  * Register before the authentication plugin, so a blocked IP is refused before any token is checked.
  */
 export default fp(
-  async (app: FastifyInstance, settings: RateLimitSettings) => {
+  async (app: FastifyInstance, { limits }: { limits: RateLimits }) => {
     let recordFailure: OnAuthenticationFailed = async () => {};
-    const failedAuth = settings.failedAuth;
-    if (failedAuth !== null && failedAuth.limit > 0) {
-      const failures = new FixedWindowCounter(failedAuth.limit, failedAuth.ttlSeconds * 1000);
-      // IPv6 clients are counted per /64 (normalizeIP); an IPv4 address is its own key.
-      const clientOf = (request: FastifyRequest) => (request.ip.includes(":") ? normalizeIP(request.ip) : request.ip);
+    if (limits.countsFailedAuth) {
       app.addHook("onRequest", (request, reply, done) => {
         // Every request passes here: one map lookup, and nothing else unless the client IP is blocked.
-        const client = clientOf(request);
+        const client = failedAuthClient(request.ip);
         const now = Date.now();
-        if (!failures.isExhausted(client, now) || UNTHROTTLED_PATH.test(request.url)) return done();
-        const counted = failures.hit(client, now, false);
+        if (!limits.isClientBlocked(client, now) || UNTHROTTLED_PATH.test(request.url)) return done();
+        const counted = limits.blockedWindow(client, now) as Counted;
         setHeaders(reply, "failed-auth", counted);
         done(tooManyRequests(counted));
       });
       recordFailure = async (request, reply) => {
-        const counted = failures.hit(clientOf(request), Date.now());
+        const counted = limits.countFailure(failedAuthClient(request.ip), Date.now()) as Counted;
         setHeaders(reply, "failed-auth", counted);
         if (counted.remaining === 0) {
           request.log.warn({ ip: request.ip }, "failed-auth limit reached: client IP blocked until the window ends");
@@ -152,12 +220,10 @@ export default fp(
     }
     app.decorate("failedAuthentication", recordFailure);
 
-    const authenticated = settings.authenticated;
-    if (authenticated !== null && authenticated.limit > 0) {
-      const requests = new FixedWindowCounter(authenticated.limit, authenticated.ttlSeconds * 1000);
+    if (limits.countsAuthenticated) {
       app.addHook("preParsing", (request, reply, _payload, done) => {
         if (request.auth === null) return done();
-        const counted = requests.hit(request.auth.organizationId, Date.now());
+        const counted = limits.countAuthenticated(request.auth.organizationId, Date.now()) as Counted;
         setHeaders(reply, "authenticated", counted);
         done(counted.exceeded ? tooManyRequests(counted) : undefined);
       });

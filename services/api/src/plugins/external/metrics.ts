@@ -3,10 +3,10 @@ import fp from "fastify-plugin";
 import type { LogReaderLag } from "../../log-reader-lag";
 import {
   type CacheStatsSource,
-  httpRequestDuration,
   metricsRegistry,
   registerCacheStats,
   registerLogReaderLag,
+  requestDurationSeries,
 } from "../../metrics";
 import { withRouteHook } from "../../route-hooks";
 
@@ -28,7 +28,7 @@ export default fp(
       return (_request: FastifyRequest, reply: FastifyReply, done: () => void) => {
         let child = byStatus.get(reply.statusCode);
         if (child === undefined) {
-          child = httpRequestDuration.labels({ method, route, status_code: String(reply.statusCode) });
+          child = requestDurationSeries(method, route, reply.statusCode);
           byStatus.set(reply.statusCode, child);
         }
         child.observe(reply.elapsedTime / 1000);
