@@ -1,14 +1,19 @@
 import { sql } from "kysely";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
 import { eventsOfOrganization } from "../support/database";
 
 type KeyResponse = { name: string; value: string; createdAt: string; permissions: string[]; expiresAt: string | null };
 
+const APPLICATION_NAME = `keyledger-rotation-test-${process.pid}`;
+
 describe("rotation with a grace window", () => {
   let api: RunningApi;
   beforeAll(async () => {
-    api = await startApi();
+    // Named, so the concurrency test below can tell this API's sessions from other test files' on the shared database.
+    const url = new URL(inject("databaseUrl"));
+    url.searchParams.set("application_name", APPLICATION_NAME);
+    api = await startApi({ databaseUrl: url.toString() });
   });
   afterAll(async () => {
     await api.close();
@@ -170,9 +175,11 @@ describe("rotation with a grace window", () => {
       await sql`LOCK TABLE events IN SHARE MODE`.execute(conn);
       const both = Promise.all([rotate("deploy/rotate", headers, {}), rotate("deploy/rotate", headers, {})]);
       for (;;) {
+        // Only this API's sessions: other test files' appends wait on the lock too.
         const waiting = await sql<{ n: string }>`
           SELECT count(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-           WHERE c.relname = 'events' AND NOT l.granted`.execute(conn);
+            JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE c.relname = 'events' AND NOT l.granted AND a.application_name = ${APPLICATION_NAME}`.execute(conn);
         if (Number(waiting.rows[0]?.n) >= 2) break;
         await new Promise((r) => setTimeout(r, 20));
       }
