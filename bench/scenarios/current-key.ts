@@ -139,8 +139,9 @@ export const currentKeyScenario: Scenario = {
         boundBy:
           `CPU in Node: ${apiCpu.toFixed(0)} µs per request against hello-world's ${helloCpu.toFixed(0)}; the same ` +
           `headers and body from a route with no code take ${sameResponseCpu.toFixed(0)} µs (${floor.toFixed(2)}×, next ` +
-          "row), the rest is this route's code (auth hook and cached verify, rate-limit window and headers, request " +
-          "id, metrics). Most of every request's CPU is node's HTTP and the socket write",
+          "row), the rest is the cached answer's code ahead of fastify (bearer parsing, SHA-256 and cache lookup, " +
+          "rate-limit window and headers, request id, metrics, the KeyUsed throttle check) and the larger process " +
+          "(heap, megamorphic call sites). Most of every request's CPU is node's HTTP and the socket write",
         details: {
           connections,
           rounds: rounds.target.length,
