@@ -8,8 +8,8 @@ import pg from "pg";
 import { onInterrupt } from "../lib/cleanup";
 import { startBenchEnvironment } from "../lib/environment";
 import { type GatewayProcess, startGatewayProcess } from "../lib/gateway";
-import { alternate, assertClean, load, median, percentile, withCpu } from "../lib/load";
-import { REPO_ROOT } from "../lib/processes";
+import { alternate, assertClean, type LoadResult, load, median, percentile, withCpu } from "../lib/load";
+import { freePort, REPO_ROOT, spawnTs, waitForHttp } from "../lib/processes";
 import type { Figure } from "../lib/report";
 import { type Scenario, size } from "../lib/scenario";
 import { profileFlags, startBoth, startHelloWorld, THROUGHPUT_CONNECTIONS } from "./current-key";
@@ -57,6 +57,42 @@ async function natsHopLatencies(url: string, nc: NatsLink["connection"], count: 
     await link.close();
   }
   return samples;
+}
+
+/** `bench/servers/bare-proxy.ts` in front of `upstreamBase`, alternated against hello-world direct. */
+async function measureBareProxy(
+  upstreamBase: string,
+  helloRound: () => Promise<LoadResult & { cpuMicrosPerRequest: number }>,
+  seconds: number,
+  quick: boolean,
+) {
+  const port = await freePort();
+  const proxy = spawnTs({
+    name: "bare-proxy",
+    script: "bench/servers/bare-proxy.ts",
+    env: { PORT: String(port), UPSTREAM_URL: upstreamBase },
+  });
+  try {
+    await waitForHttp(proxy, `http://127.0.0.1:${port}/health/live`);
+    const target = { url: `http://127.0.0.1:${port}/hello`, connections: THROUGHPUT_CONNECTIONS };
+    await load({ ...target, duration: quick ? 1 : 3 });
+    const rounds = await alternate(quick ? 2 : 3, helloRound, async () =>
+      assertClean("bare proxy", await withCpu(proxy, () => load({ ...target, duration: seconds }))),
+    );
+    return {
+      helloRate: median(rounds.baseline.map((r) => r.okPerSecond)),
+      rate: median(rounds.target.map((r) => r.okPerSecond)),
+      details: {
+        connections: THROUGHPUT_CONNECTIONS,
+        helloCpuMicrosPerRequest: median(rounds.baseline.map((r) => r.cpuMicrosPerRequest)),
+        proxyCpuMicrosPerRequest: median(rounds.target.map((r) => r.cpuMicrosPerRequest)),
+        helloRounds: rounds.baseline.map((r) => Math.round(r.okPerSecond)).join(" "),
+        proxyRounds: rounds.target.map((r) => Math.round(r.okPerSecond)).join(" "),
+      },
+    };
+  } finally {
+    await proxy.stop();
+  }
 }
 
 /** Probes `url` back to back until it answers 401; returns when the first 401 arrived (and when it was sent). */
@@ -192,6 +228,12 @@ export const gatewayScenario: Scenario = {
       // Forward-auth mode (a separate figure, not the proxy's): answering 200 + identity headers, as an Envoy
       // ext_authz / nginx auth_request / Traefik ForwardAuth service; nothing goes upstream.
       const forwardAuth = await measureVariant("gateway-forward-auth", "/verify", { GATEWAY_MODE: "forward-auth" });
+      // The floor under the proxy figure: the same transport (node:http, an undici pool) with no code of its own.
+      const bareProxy = await measureBareProxy(helloBase, helloRound, seconds, context.quick);
+      context.log(
+        `proxy with no code: hello-world ${bareProxy.helloRate.toFixed(0)} req/s, bare proxy ${bareProxy.rate.toFixed(0)} req/s ` +
+          `(${bareProxy.details.proxyCpuMicrosPerRequest.toFixed(0)} µs CPU/req)`,
+      );
 
       // Revocation under background load.
       const backgroundKeys: string[] = [];
@@ -336,8 +378,7 @@ export const gatewayScenario: Scenario = {
           ratio: gatewayRatio,
           goal: "≥ 0.8×",
           pass: gatewayRatio >= 0.8,
-          boundBy:
-            "CPU, mostly socket writes: the proxy hop is a second HTTP exchange (to upstream and back) per request, 2-3× hello-world's CPU in the gateway, and 3 processes share the 2 cores where the baseline has 2",
+          boundBy: `CPU, mostly socket writes: the proxy hop is a second HTTP exchange (to upstream and back) per request, ${gatewayCpu.toFixed(0)} µs CPU per request in the gateway against hello-world's ${helloCpu.toFixed(0)}, and 3 processes share the 2 cores where the baseline has 2; a proxy on the same transport with no code of its own reaches ${(bareProxy.rate / bareProxy.helloRate).toFixed(2)}× (${bareProxy.details.proxyCpuMicrosPerRequest.toFixed(0)} µs, next row but one)`,
           details: {
             connections: THROUGHPUT_CONNECTIONS,
             helloCpuMicrosPerRequest: helloCpu,
@@ -370,6 +411,19 @@ export const gatewayScenario: Scenario = {
           pass: null,
           boundBy: "CPU in Node: one HTTP exchange and a cache hit, like hello-world's one route",
           details: forwardAuth.details,
+        },
+        {
+          id: "gateway-bare-proxy-floor",
+          label: "a reverse proxy with no code (node:http + the same undici pool, no key check) → hello-world, req/s",
+          value: bareProxy.rate,
+          unit: "req/s",
+          baseline: { label: "hello-world", value: bareProxy.helloRate, unit: "req/s" },
+          ratio: bareProxy.rate / bareProxy.helloRate,
+          goal: "–",
+          pass: null,
+          boundBy:
+            "CPU: node's HTTP server and undici's client, four socket operations per request, and the upstream on the same 2 cores; the ceiling for the proxy figure",
+          details: bareProxy.details,
         },
         {
           id: "revocation-p50",
