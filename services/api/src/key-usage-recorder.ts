@@ -32,9 +32,10 @@ export class KeyUsageRecorder {
   ) {}
 
   record(key: ApiKeyRow, requestId: string | null): void {
-    const now = new Date();
-    if (key.last_used_at !== null && now.getTime() - key.last_used_at.getTime() < this.throttleMs) return;
+    const nowMs = Date.now();
+    if (key.last_used_at !== null && nowMs - key.last_used_at.getTime() < this.throttleMs) return;
     if (this.queued.has(key.key_id) || this.writing.has(key.key_id)) return;
+    const now = new Date(nowMs);
     this.queued.set(key.key_id, {
       key: { organizationId: key.organization_id, userId: key.user_id, name: key.name },
       context: {

@@ -61,6 +61,7 @@ export type AuthenticationOptions = {
 };
 
 const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
 export const ORGANIZATION_HEADER = "x-daytona-organization-id";
 
 /** How many `Authorization` lines the request had: node keeps only the first of several, silently. */
@@ -78,7 +79,7 @@ export function presentedBearerToken(headers: IncomingHttpHeaders, rawHeaders: r
   const header = headers.authorization;
   if (typeof header !== "string") return undefined;
   if (authorizationHeaderCount(rawHeaders) > 1) return undefined;
-  return /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1] || undefined;
+  return BEARER.exec(header)?.[1] || undefined;
 }
 
 /** A JWT's shape (three base64url parts); anything else presented as a bearer token is taken for an API key. */

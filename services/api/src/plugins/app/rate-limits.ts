@@ -100,18 +100,27 @@ const HEADER_NAMES: Record<Throttler, { limit: string; remaining: string; reset:
   },
 };
 
-/** Daytona's headers for a count: `X-RateLimit-{Limit,Remaining,Reset}-<throttler>`, as name/value pairs. */
-export function rateLimitHeaders(throttler: Throttler, counted: Counted): [string, string][] {
+/**
+ * Daytona's headers for a count, `X-RateLimit-{Limit,Remaining,Reset}-<throttler>`, appended to `headers` as
+ * name, value, name, value (node's raw header list).
+ */
+export function pushRateLimitHeaders(headers: string[], throttler: Throttler, counted: Counted): void {
   const names = HEADER_NAMES[throttler];
-  return [
-    [names.limit, `${counted.limit}`],
-    [names.remaining, `${counted.remaining}`],
-    [names.reset, `${counted.resetSeconds}`],
-  ];
+  headers.push(
+    names.limit,
+    `${counted.limit}`,
+    names.remaining,
+    `${counted.remaining}`,
+    names.reset,
+    `${counted.resetSeconds}`,
+  );
 }
 
 function setHeaders(reply: FastifyReply, throttler: Throttler, counted: Counted) {
-  for (const [name, value] of rateLimitHeaders(throttler, counted)) reply.header(name, value);
+  const names = HEADER_NAMES[throttler];
+  reply.header(names.limit, `${counted.limit}`);
+  reply.header(names.remaining, `${counted.remaining}`);
+  reply.header(names.reset, `${counted.resetSeconds}`);
 }
 
 function tooManyRequests(counted: Counted): ApiError {

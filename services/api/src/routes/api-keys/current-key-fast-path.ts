@@ -8,7 +8,7 @@ import {
   looksLikeJwt,
   presentedBearerToken,
 } from "../../plugins/app/authentication";
-import { failedAuthClient, type RateLimits, rateLimitHeaders } from "../../plugins/app/rate-limits";
+import { failedAuthClient, pushRateLimitHeaders, type RateLimits } from "../../plugins/app/rate-limits";
 import type { ApiKeyRow } from "../../read-model-queries";
 import { requestIdFor } from "../../request-id";
 import { currentKeyBody } from "./list-item";
@@ -88,8 +88,7 @@ export function cachedCurrentKeyAnswerer(options: CachedCurrentKeyOptions): Cach
       const validUntil = gracePeriodHeader(key);
       if (validUntil !== undefined) responseHeaders.push(VALID_UNTIL_HEADER, validUntil);
       const counted = rateLimits.countAuthenticated(key.organizationId, now);
-      if (counted !== null)
-        for (const pair of rateLimitHeaders("authenticated", counted)) responseHeaders.push(...pair);
+      if (counted !== null) pushRateLimitHeaders(responseHeaders, "authenticated", counted);
       recordApiKeyVerification("valid");
       options.onApiKeyUsed(key.row, requestId);
       response.writeHead(200, responseHeaders);
