@@ -1,7 +1,9 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { sql } from "kysely";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
+import { testEventStream } from "../support/nats";
+import { until } from "../support/until";
 
 const BAD_KEY = { authorization: "Bearer dtn_not-a-key" };
 
@@ -199,5 +201,115 @@ describe("authenticated limit per organization", () => {
     const anonymous = await api.app.inject({ url: "/api/api-keys/current", headers: BAD_KEY });
     expect(anonymous.statusCode).toBe(401);
     expect(anonymous.headers["x-ratelimit-limit-authenticated"]).toBeUndefined();
+  });
+});
+
+/**
+ * Over real connections, with NATS (so the API caches keys and answers a cached key's `/current` ahead of fastify):
+ * that answer and fastify's routes count against the same windows, and whichever path a request takes, the
+ * limits hold.
+ */
+describe("limits shared by the cached /current answer and fastify", () => {
+  const stream = testEventStream();
+  let api: RunningApi;
+  beforeAll(async () => {
+    api = await startApi({
+      keyUsedThrottleMs: 3_600_000,
+      rateLimits: { failedAuth: { limit: 2, ttlSeconds: 60 }, authenticated: { limit: 6, ttlSeconds: 60 } },
+      nats: {
+        url: stream.natsUrl,
+        streamName: stream.streamName,
+        subjectPrefix: stream.subjectPrefix,
+        relay: { databaseUrl: inject("databaseUrl") },
+      },
+    });
+    await api.app.apiKeyVerifier.whenSubscribed();
+  });
+  afterAll(async () => {
+    await api?.close();
+    await stream.cleanup();
+  });
+
+  /**
+   * Two requests with the key, each answered 200, and back once the key is cached with its use recorded (the first
+   * use drops the cached row when its `KeyUsed` commits; the next miss caches it again). Returns their remaining
+   * authenticated budgets.
+   */
+  async function usedUntilCached(value: string): Promise<(string | null)[]> {
+    const remaining: (string | null)[] = [];
+    const cachedWithUse = () => {
+      const cached = api.app.apiKeyVerifier.peek(value);
+      return cached?.valid && cached.key.row.last_used_at !== null;
+    };
+    for (const wait of ["the use recorded", "the key cached again"]) {
+      const res = await fetch(`${api.baseUrl}/api/api-keys/current`, { headers: { authorization: `Bearer ${value}` } });
+      expect(res.status).toBe(200);
+      remaining.push(res.headers.get("x-ratelimit-remaining-authenticated"));
+      await res.arrayBuffer();
+      await until(wait, async () =>
+        api.app.apiKeyVerifier.peek(value) === undefined || cachedWithUse() ? true : undefined,
+      );
+    }
+    expect(cachedWithUse()).toBe(true);
+    return remaining;
+  }
+
+  it("counts every authenticated request once, answers 429 past the limit, and refuses a blocked client's cached key", async () => {
+    const org = uniqueId("org");
+    const owner = uniqueId("user");
+    await api.setMember(org, owner, "owner");
+    const jwt = await api.jwtHeaders(owner, org);
+    const created = await fetch(`${api.baseUrl}/api/api-keys`, {
+      method: "POST",
+      headers: { ...jwt, "content-type": "application/json" },
+      body: JSON.stringify({ name: "shared-window", permissions: [] }),
+    });
+    expect(created.status).toBe(201);
+    expect(created.headers.get("x-ratelimit-remaining-authenticated")).toBe("5");
+    const { value } = (await created.json()) as { value: string };
+    const current = () =>
+      fetch(`${api.baseUrl}/api/api-keys/current`, { headers: { authorization: `Bearer ${value}` } });
+
+    // The first two go through fastify (a miss; then a miss again, once the recorded use dropped the row), the
+    // next ones are answered from the cache ahead of fastify.
+    const remaining = await usedUntilCached(value);
+    for (let i = 0; i < 2; i++) {
+      const res = await current();
+      expect(res.status).toBe(200);
+      remaining.push(res.headers.get("x-ratelimit-remaining-authenticated"));
+      await res.arrayBuffer();
+    }
+    expect(remaining).toEqual(["4", "3", "2", "1"]);
+    const list = await fetch(`${api.baseUrl}/api/api-keys`, { headers: jwt });
+    expect(list.status).toBe(200);
+    expect(list.headers.get("x-ratelimit-remaining-authenticated")).toBe("0");
+    await list.arrayBuffer();
+    // The window is used up: the cached key's next request is fastify's 429, with Daytona's body.
+    const limited = await current();
+    expect(limited.status).toBe(429);
+    expect(limited.headers.get("retry-after")).not.toBeNull();
+    expectDaytonaError(await limited.json(), 429);
+
+    // A client whose failed authentications used up its window is refused even with a cached valid key.
+    const other = uniqueId("org");
+    await api.setMember(other, owner, "owner");
+    const otherJwt = await api.jwtHeaders(owner, other);
+    const second = await fetch(`${api.baseUrl}/api/api-keys`, {
+      method: "POST",
+      headers: { ...otherJwt, "content-type": "application/json" },
+      body: JSON.stringify({ name: "blocked-client", permissions: [] }),
+    });
+    const otherValue = ((await second.json()) as { value: string }).value;
+    expect(await usedUntilCached(otherValue)).toEqual(["4", "3"]);
+    for (let i = 0; i < 2; i++) {
+      const bad = await fetch(`${api.baseUrl}/api/api-keys/current`, { headers: BAD_KEY });
+      await bad.arrayBuffer();
+    }
+    const blocked = await fetch(`${api.baseUrl}/api/api-keys/current`, {
+      headers: { authorization: `Bearer ${otherValue}` },
+    });
+    expect(blocked.status).toBe(429);
+    expect(blocked.headers.get("x-ratelimit-limit-failed-auth")).toBe("2");
+    expectDaytonaError(await blocked.json(), 429);
   });
 });
