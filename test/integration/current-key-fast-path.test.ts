@@ -1,5 +1,6 @@
 import { createServer, request as httpRequest, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { RateLimits } from "../../services/api/src/plugins/app/rate-limits";
 import type { ApiKeyRow } from "../../services/api/src/read-model-queries";
@@ -259,6 +260,17 @@ describe("the cached /current answer, ahead of fastify", () => {
     } finally {
       await direct.close();
       await proxied.close();
+    }
+    // Behind a proxy, the answer is back once every failed-auth window has ended.
+    const shortWindows = new RateLimits({ failedAuth: { limit: 2, ttlSeconds: 1 }, authenticated: null });
+    const proxiedShort = await answeringServer(answererWith(shortWindows, true));
+    try {
+      shortWindows.countFailure("198.51.100.7", Date.now());
+      expect((await send(proxiedShort.url, { headers: [bearer] })).status).toBe(DECLINED);
+      await sleep(1_100);
+      expect((await send(proxiedShort.url, { headers: [bearer] })).status).toBe(200);
+    } finally {
+      await proxiedShort.close();
     }
   });
 

@@ -27,6 +27,20 @@ describe("FixedWindowCounter", () => {
     expect(counter.isExhausted("b", 3_000)).toBe(false);
   });
 
+  it("says whether any window may be live: from the first hit until the last window started ends", () => {
+    const counter = new FixedWindowCounter(2, 10_000);
+    expect(counter.hasLiveWindows(0)).toBe(false);
+    counter.hit("a", 0, false); // a look, no window
+    expect(counter.hasLiveWindows(0)).toBe(false);
+    counter.hit("a", 1_000);
+    counter.hit("b", 4_000);
+    expect(counter.hasLiveWindows(12_000)).toBe(true); // b's window ends at 14,000
+    expect(counter.hasLiveWindows(14_000)).toBe(false);
+    counter.hit("a", 20_000);
+    expect(counter.hasLiveWindows(29_999)).toBe(true);
+    expect(counter.hasLiveWindows(30_000)).toBe(false);
+  });
+
   it("holds at most maxKeys windows: ended ones are swept first, then the oldest", () => {
     const counter = new FixedWindowCounter(5, 1_000, 3);
     counter.hit("old", 0);

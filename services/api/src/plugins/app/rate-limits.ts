@@ -33,6 +33,8 @@ export type Counted = { limit: number; remaining: number; resetSeconds: number; 
  */
 export class FixedWindowCounter {
   private readonly windows = new Map<string, { count: number; resetAt: number }>();
+  /** When the last window started so far ends: until then some window may be live. */
+  private lastResetAt = Number.NEGATIVE_INFINITY;
 
   constructor(
     readonly limit: number,
@@ -55,6 +57,7 @@ export class FixedWindowCounter {
       else if (this.windows.size >= this.maxKeys) this.sweep(now);
       window = { count: 0, resetAt: now + this.ttlMs };
       this.windows.set(key, window);
+      this.lastResetAt = Math.max(this.lastResetAt, window.resetAt);
     }
     if (increment) window.count += 1;
     return {
@@ -69,6 +72,11 @@ export class FixedWindowCounter {
   isExhausted(key: string, now: number): boolean {
     const window = this.windows.get(key);
     return window !== undefined && window.resetAt > now && window.count >= this.limit;
+  }
+
+  /** Whether any key may have a live window at `now` (false once every window started so far has ended). */
+  hasLiveWindows(now: number): boolean {
+    return this.lastResetAt > now;
   }
 
   get size(): number {
@@ -167,9 +175,9 @@ export class RateLimits {
     return this.requests !== null;
   }
 
-  /** False when no client has a failed-auth window at all (then no client can be blocked, whatever its IP). */
-  get anyClientHasFailures(): boolean {
-    return this.failures !== null && this.failures.size > 0;
+  /** False when no client has a live failed-auth window (then no client can be blocked, whatever its IP). */
+  anyClientHasFailures(now: number): boolean {
+    return this.failures?.hasLiveWindows(now) === true;
   }
 
   /** Whether `client` (see `failedAuthClient`) has used up its failed-auth window. */

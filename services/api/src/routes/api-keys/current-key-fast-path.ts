@@ -45,8 +45,9 @@ export type CachedCurrentKeyAnswerer = {
  * end in something other than a 200, is declined before anything is counted or recorded, and fastify answers it:
  * another method or URL (a query string included), a request body, `Cache-Control: no-cache`, a missing, repeated
  * or JWT-shaped credential, a key the cache does not hold as valid, a client IP with failed authentications when
- * only fastify knows the IP (a trusted proxy), an organization at its request limit, and every request while
- * request logging is on or the app is closing.
+ * only fastify knows the IP (a trusted proxy: while any client's failed-auth window is live), an organization at
+ * its request limit, and every request while request logging is on or the app is closing. (One count is taken
+ * before a decline: the verifier's cache hit, so a request declined at its organization's limit counts two hits.)
  */
 export function cachedCurrentKeyAnswerer(options: CachedCurrentKeyOptions): CachedCurrentKeyAnswerer {
   const { verifier, rateLimits } = options;
@@ -54,7 +55,7 @@ export function cachedCurrentKeyAnswerer(options: CachedCurrentKeyOptions): Cach
   let open = true;
 
   function clientMayBeBlocked(request: IncomingMessage, now: number): boolean {
-    if (!rateLimits.anyClientHasFailures) return false;
+    if (!rateLimits.anyClientHasFailures(now)) return false;
     const ip = request.socket.remoteAddress;
     if (options.trustsProxy || ip === undefined) return true;
     return rateLimits.isClientBlocked(failedAuthClient(ip), now);
