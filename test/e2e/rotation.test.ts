@@ -10,24 +10,21 @@ const APPLICATION_NAME = `keyledger-rotation-test-${process.pid}`;
 describe("rotation with a grace window", () => {
   let api: RunningApi;
   beforeAll(async () => {
-    // Named, so the concurrency test below can tell this API's sessions from other test files' on the shared database.
-    const url = new URL(inject("databaseUrl"));
-    url.searchParams.set("application_name", APPLICATION_NAME);
-    api = await startApi({ databaseUrl: url.toString() });
+    api = await startApi();
   });
   afterAll(async () => {
     await api.close();
   });
 
-  async function ownerWithKey(body: Record<string, unknown> = {}) {
+  async function ownerWithKey(body: Record<string, unknown> = {}, target: RunningApi = api) {
     const org = uniqueId("org");
     const user = uniqueId("user");
-    await api.setMember(org, user, "owner");
+    await target.setMember(org, user, "owner");
     const headers: Record<string, string> = {
-      ...(await api.jwtHeaders(user, org)),
+      ...(await target.jwtHeaders(user, org)),
       "content-type": "application/json",
     };
-    const res = await fetch(`${api.baseUrl}/api/api-keys`, {
+    const res = await fetch(`${target.baseUrl}/api/api-keys`, {
       method: "POST",
       headers,
       body: JSON.stringify({ name: "deploy", permissions: ["write:sandboxes"], ...body }),
@@ -39,8 +36,8 @@ describe("rotation with a grace window", () => {
   const current = (value: string) =>
     fetch(`${api.baseUrl}/api/api-keys/current`, { headers: { authorization: `Bearer ${value}` } });
 
-  const rotate = (path: string, headers: Record<string, string>, body?: unknown) =>
-    fetch(`${api.baseUrl}/api/api-keys/${path}`, {
+  const rotate = (path: string, headers: Record<string, string>, body?: unknown, target: RunningApi = api) =>
+    fetch(`${target.baseUrl}/api/api-keys/${path}`, {
       method: "POST",
       headers: body === undefined ? { authorization: headers.authorization as string, ...pick(headers) } : headers,
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -168,27 +165,44 @@ describe("rotation with a grace window", () => {
   });
 
   it("concurrent rotations of one key: one wins, the other gets 409", async () => {
-    const { headers } = await ownerWithKey();
-    // Hold appends until both rotations have read the key and are waiting to append: a real overlap, every time.
-    const locker = await api.db.connection().execute(async (conn) => {
-      await sql`BEGIN`.execute(conn);
-      await sql`LOCK TABLE events IN SHARE MODE`.execute(conn);
-      const both = Promise.all([rotate("deploy/rotate", headers, {}), rotate("deploy/rotate", headers, {})]);
-      for (;;) {
-        // Only this API's sessions: other test files' appends wait on the lock too.
-        const waiting = await sql<{ n: string }>`
-          SELECT count(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-            JOIN pg_stat_activity a ON a.pid = l.pid
-           WHERE c.relname = 'events' AND NOT l.granted AND a.application_name = ${APPLICATION_NAME}`.execute(conn);
-        if (Number(waiting.rows[0]?.n) >= 2) break;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      await sql`COMMIT`.execute(conn);
-      return both;
-    });
-    const statuses = locker.map((r) => r.status).sort();
-    expect(statuses).toEqual([201, 409]);
-    const conflict = locker.find((r) => r.status === 409) as Response;
-    expect(((await conflict.json()) as { message: string }).message).toBe("API key was rotated concurrently");
+    // An API of its own, named: the wait below counts its sessions only (other test files' appends wait on the table
+    // lock too), and nothing else of it (a key use another test left to record, say) appends while the lock is held.
+    const url = new URL(inject("databaseUrl"));
+    url.searchParams.set("application_name", APPLICATION_NAME);
+    const own = await startApi({ databaseUrl: url.toString() });
+    try {
+      const { headers } = await ownerWithKey({}, own);
+      // Hold appends until both rotations have read the key and are waiting to append: a real overlap, every time.
+      const locker = await own.db.connection().execute(async (conn) => {
+        await sql`BEGIN`.execute(conn);
+        await sql`LOCK TABLE events IN SHARE MODE`.execute(conn);
+        const both = Promise.all([
+          rotate("deploy/rotate", headers, {}, own),
+          rotate("deploy/rotate", headers, {}, own),
+        ]);
+        let settled = false;
+        const settle = () => {
+          settled = true;
+        };
+        both.then(settle, settle);
+        // Bounded, so a rotation that failed without waiting shows up in the statuses below instead of a timeout.
+        for (const deadline = Date.now() + 20_000; !settled && Date.now() < deadline; ) {
+          const waiting = await sql<{ n: string }>`
+            SELECT count(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE c.relname = 'events' AND NOT l.granted AND a.application_name = ${APPLICATION_NAME}`.execute(conn);
+          if (Number(waiting.rows[0]?.n) >= 2) break;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        await sql`COMMIT`.execute(conn);
+        return both;
+      });
+      const statuses = locker.map((r) => r.status).sort();
+      expect(statuses).toEqual([201, 409]);
+      const conflict = locker.find((r) => r.status === 409) as Response;
+      expect(((await conflict.json()) as { message: string }).message).toBe("API key was rotated concurrently");
+    } finally {
+      await own.close();
+    }
   });
 });
