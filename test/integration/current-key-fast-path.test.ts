@@ -2,6 +2,7 @@ import { createServer, request as httpRequest, type IncomingMessage } from "node
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { metricsRegistry } from "../../services/api/src/metrics";
 import { RateLimits } from "../../services/api/src/plugins/app/rate-limits";
 import type { ApiKeyRow } from "../../services/api/src/read-model-queries";
 import {
@@ -12,6 +13,18 @@ import {
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
 import { testEventStream } from "../support/nats";
 import { until } from "../support/until";
+
+/** The route's 200s in the latency histogram and the valid verifications, from the process's registry. */
+async function answersInMetrics(): Promise<{ latencyCount: number; validVerifications: number }> {
+  const text = await metricsRegistry.metrics();
+  const value = (pattern: RegExp) => Number(pattern.exec(text)?.[1] ?? 0);
+  return {
+    latencyCount: value(
+      /^keyledger_http_request_duration_seconds_count\{method="GET",route="\/api\/api-keys\/current",status_code="200"\} (\d+)$/m,
+    ),
+    validVerifications: value(/^keyledger_api_key_verifications_total\{outcome="valid"\} (\d+)$/m),
+  };
+}
 
 /** What fastify would have had to answer: the test server's stand-in for fastify. */
 const DECLINED = 599;
@@ -141,9 +154,14 @@ describe("the cached /current answer, ahead of fastify", () => {
     expect(reference.status).toBe(200);
     const referenceBody = await reference.text();
 
+    const metricsBefore = await answersInMetrics();
     const first = await send(url, { headers: [["authorization", `Bearer ${value}`]] });
     expect(first.status).toBe(200);
     expect(first.body).toBe(referenceBody);
+    // Counted where the route's answers are: its latency series and the valid verifications.
+    const metricsAfter = await answersInMetrics();
+    expect(metricsAfter.latencyCount).toBe(metricsBefore.latencyCount + 1);
+    expect(metricsAfter.validVerifications).toBe(metricsBefore.validVerifications + 1);
     expect(JSON.parse(first.body)).toMatchObject({ name: "fast-path-parity", organizationId: org });
     expect(first.headers["content-type"]).toBe(reference.headers.get("content-type"));
     expect(first.headers["content-length"]).toBe(String(Buffer.byteLength(referenceBody)));
