@@ -345,6 +345,22 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     }
   }
 
+  /**
+   * A new key's value: a cached refusal of it ("not found") is dropped, and so is a lookup under way (it may have
+   * read before the commit). A cached valid answer stays: a creation never makes a value invalid, and that answer
+   * was read after the commit (a copy of the event arriving late, e.g. the relay's, must not cost a lookup).
+   */
+  private forgetRefusal(keyHash: string): void {
+    this.stats.invalidations += 1;
+    const flight = this.inFlight.get(keyHash);
+    if (flight !== undefined) {
+      flight.stale = true;
+      this.inFlight.delete(keyHash);
+    }
+    const entry = this.cache.get(keyHash);
+    if (entry !== undefined && !entry.result.valid) this.remove(keyHash, entry);
+  }
+
   private invalidateOwner(organizationId: string, userId: string): void {
     this.stats.invalidations += 1;
     this.removeAll(this.byOwner.get(ownerOf(organizationId, userId)));
@@ -379,8 +395,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
         }
         return;
       case "KeyCreated":
-        // Drops a cached "not found" for the new value.
-        if (typeof data.keyHash === "string") this.invalidate(data.keyHash);
+        if (typeof data.keyHash === "string") this.forgetRefusal(data.keyHash);
         return;
       case "MemberAccessChanged":
       case "MemberRemoved":

@@ -193,6 +193,19 @@ describe("verifier with NATS", () => {
     expect(table.calls).toBe(2);
   });
 
+  it("keeps a cached valid key when its creation arrives (again) after it was looked up", async () => {
+    const table = lookupTable();
+    const verifier = await subscribedVerifier(table);
+    const key = newKey();
+    table.set(key, activeKey("org-c", "user-c"));
+    expect((await verifier.verify(key)).valid).toBe(true);
+    const before = verifier.stats.invalidations;
+    publish("org-c", "KeyCreated", { userId: "user-c", name: "k", keyHash: hashKeyValue(key) });
+    await until(() => verifier.stats.invalidations > before, "the creation to arrive");
+    expect((await verifier.verify(key)).valid).toBe(true);
+    expect(table.calls).toBe(1);
+  });
+
   it("drops every key hash named by other events (e.g. a rotation)", async () => {
     const table = lookupTable();
     const verifier = await subscribedVerifier(table);
