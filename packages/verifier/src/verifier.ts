@@ -328,14 +328,20 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     }
   }
 
-  /** Forgets a key; a lookup for it that is under way is neither shared further nor cached. */
-  private invalidate(keyHash: string, tombstone?: "REVOKED"): void {
-    this.stats.invalidations += 1;
+  /** A lookup of `keyHash` under way (returned) is neither shared further nor cached. */
+  private abandonFlight(keyHash: string): Flight<K> | undefined {
     const flight = this.inFlight.get(keyHash);
     if (flight !== undefined) {
       flight.stale = true;
       this.inFlight.delete(keyHash);
     }
+    return flight;
+  }
+
+  /** Forgets a key; a lookup for it that is under way is neither shared further nor cached. */
+  private invalidate(keyHash: string, tombstone?: "REVOKED"): void {
+    this.stats.invalidations += 1;
+    const flight = this.abandonFlight(keyHash);
     const entry = this.cache.get(keyHash);
     if (entry !== undefined) this.remove(keyHash, entry);
     // A revoked value never becomes valid again: remember it (for a TTL) if it was in use here.
@@ -352,11 +358,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
    */
   private forgetRefusal(keyHash: string): void {
     this.stats.invalidations += 1;
-    const flight = this.inFlight.get(keyHash);
-    if (flight !== undefined) {
-      flight.stale = true;
-      this.inFlight.delete(keyHash);
-    }
+    this.abandonFlight(keyHash);
     const entry = this.cache.get(keyHash);
     if (entry !== undefined && !entry.result.valid) this.remove(keyHash, entry);
   }
