@@ -251,7 +251,11 @@ export const UNKNOWN: unique symbol = Symbol("unknown row");
 
 type Touched = { key: Row; original: Row | undefined; current: Row | undefined };
 
-/** Per table name: its columns' SQL types (`format_type`), looked up once per process. */
+/**
+ * Per table name: the SQL types (`format_type`) of the columns this code reads and writes, looked up once per
+ * process. Generated columns (e.g. `api_keys.list_item`) are left out: Postgres computes them from the others, and
+ * naming one in an INSERT or UPDATE is an error.
+ */
 const columnTypes = new Map<string, Map<string, string>>();
 
 async function typesOf(trx: Kysely<unknown>, table: ReadModelTable): Promise<Map<string, string>> {
@@ -259,7 +263,7 @@ async function typesOf(trx: Kysely<unknown>, table: ReadModelTable): Promise<Map
   if (known) return known;
   const result = await sql<{ name: string; type: string }>`
     SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute
-     WHERE attrelid = ${table.name}::regclass AND attnum > 0 AND NOT attisdropped`.execute(trx);
+     WHERE attrelid = ${table.name}::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''`.execute(trx);
   const types = new Map(result.rows.map((r) => [r.name, r.type]));
   columnTypes.set(table.name, types);
   return types;
@@ -356,7 +360,7 @@ export async function applyEventsToReadModel(
       entries.map((e) => e.key),
     );
     const loaded = await sql<Row>`
-      SELECT t.* FROM ${sql.id(table.name)} AS t
+      SELECT ${sql.join([...types.keys()].map((column) => sql.ref(`t.${column}`)))} FROM ${sql.id(table.name)} AS t
        WHERE (${pkSelect(table, "t")}) IN (SELECT ${sql.join(pk.map(k.typed))} FROM ${k.unnest})
          FOR UPDATE OF t`.execute(trx);
     const rows = touched.get(table) as Map<string, Touched>;

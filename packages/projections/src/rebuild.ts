@@ -319,7 +319,8 @@ async function swap(
     const live = sql`${sql.id(schema)}.${sql.id(table)}`;
     const columns = await sql<{ column_name: string }>`
       SELECT column_name FROM information_schema.columns
-       WHERE table_schema = ${SHADOW_SCHEMA} AND table_name = ${table} ORDER BY ordinal_position`.execute(trx);
+       WHERE table_schema = ${SHADOW_SCHEMA} AND table_name = ${table} AND is_generated = 'NEVER'
+       ORDER BY ordinal_position`.execute(trx);
     const list = sql.join(columns.rows.map((c) => sql.id(c.column_name)));
     // Loading the rows into an empty table and then building each index (one sort) takes about half as long as
     // inserting every row into every index; nothing else sees the table meanwhile (ACCESS EXCLUSIVE). Kept: the

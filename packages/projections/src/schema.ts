@@ -1,6 +1,11 @@
 import type { ColumnType } from "kysely";
 
-/** Kysely view of the read model (see infra/migrations/0002_read_model.sql). */
+/** Kysely view of the read model (see infra/migrations/0002_read_model.sql and later). */
+
+/**
+ * `api_keys` as this code reads and writes it. Its generated column `list_item` (migration 0009: the key's item of
+ * `GET /api/api-keys` as JSON text) is left out: Postgres computes it, and only the list query reads it.
+ */
 export interface ApiKeysTable {
   key_id: string;
   organization_id: string;
