@@ -1,5 +1,8 @@
-import { createPostgresDatabase, openEmbeddedDatabase } from "@keyledger/api";
-import { AppendNotifier, appendToStream } from "@keyledger/event-store";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createPostgresDatabase, migrationDatabase, openEmbeddedDatabase } from "@keyledger/api";
+import { AppendNotifier, appendToStream, pendingMigrations, runMigrations } from "@keyledger/event-store";
 import pg from "pg";
 import { describe, expect, inject, it } from "vitest";
 import { uniqueId } from "../support/api-harness";
@@ -66,6 +69,32 @@ describe("appends notify the log's readers after they commit (Postgres)", () => 
       expect(notified).toHaveLength(4);
     } finally {
       await listener.end();
+      await scratch.drop();
+    }
+  });
+});
+
+describe("migrations run without the requests' statement timeout (Postgres)", () => {
+  it("a migration longer than any request timeout completes on migrationDatabase, and fails on a request pool", async () => {
+    const scratch = await createScratchDatabase(1);
+    const dir = await mkdtemp(join(tmpdir(), "keyledger-migrations-"));
+    // Longer than the client-side limit a request pool would add to a zero server timeout (2 s).
+    await writeFile(join(dir, "0001_slow.sql"), "SELECT pg_sleep(2.5); CREATE TABLE slow_migration_done (x int);");
+    const requests = createPostgresDatabase({
+      connectionString: scratch.url,
+      maxConnections: 1,
+      statementTimeoutMs: 500,
+    });
+    const migrations = migrationDatabase(scratch.url);
+    try {
+      await expect(runMigrations(requests, dir)).rejects.toThrow(/statement timeout/);
+      expect(await pendingMigrations(migrations, dir)).toEqual(["0001_slow"]);
+      expect(await runMigrations(migrations, dir)).toEqual({ applied: ["0001_slow"], alreadyApplied: [] });
+      expect(await pendingMigrations(requests, dir)).toEqual([]);
+    } finally {
+      await requests.destroy();
+      await migrations.destroy();
+      await rm(dir, { recursive: true, force: true });
       await scratch.drop();
     }
   });

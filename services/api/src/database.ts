@@ -4,7 +4,12 @@ import { Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
 
 // Positions and transaction ids are bigint/xid8: keep them as strings, never as lossy numbers.
-export type DatabaseOptions = { connectionString: string; maxConnections?: number; statementTimeoutMs?: number };
+export type DatabaseOptions = {
+  connectionString: string;
+  maxConnections?: number;
+  /** Default 10 s; 0: no limit, neither the server's nor the client's (migrations: `migrationDatabase`). */
+  statementTimeoutMs?: number;
+};
 
 /** A Kysely instance over a pg pool. The event store and read model take any Kysely, so PGlite fits too. */
 export function createPostgresDatabase(options: DatabaseOptions): Kysely<unknown> {
@@ -16,7 +21,7 @@ export function createPostgresDatabase(options: DatabaseOptions): Kysely<unknown
     statement_timeout: statementTimeoutMs,
     // The server's statement_timeout cannot fire when the network, not the query, is stuck (a partition): the
     // client gives up a little later on its own, so a request fails (503) instead of hanging.
-    query_timeout: statementTimeoutMs + 2_000,
+    query_timeout: statementTimeoutMs === 0 ? undefined : statementTimeoutMs + 2_000,
     keepAlive: true,
     // No JIT compilation: every statement here is short, and on a young table (no statistics yet) the planner's
     // estimates can be far too high; JIT then costs more than the statement (the metrics' log-lag query took 210 ms
@@ -35,6 +40,15 @@ export function createPostgresDatabase(options: DatabaseOptions): Kysely<unknown
     preparedWhenMarked(client);
   });
   return new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
+}
+
+/**
+ * One connection without statement timeouts, for `runMigrations`: a migration may rewrite a large table (0009 takes
+ * about 13 s per million keys), and a replica starting meanwhile waits for it on the migration lock; the requests'
+ * 10 s limit would cut either short and the process would not start.
+ */
+export function migrationDatabase(connectionString: string): Kysely<unknown> {
+  return createPostgresDatabase({ connectionString, maxConnections: 1, statementTimeoutMs: 0 });
 }
 
 /** Names of marked statements by their text (the text is the identity: a different text is a new statement). */

@@ -4,7 +4,7 @@ import { PgNotificationListener, Projector } from "@keyledger/projections";
 import closeWithGrace from "close-with-grace";
 import { buildApp, LOG_REDACTIONS } from "./app";
 import { ConfigError, parseApiConfig } from "./config";
-import { createPostgresDatabase } from "./database";
+import { createPostgresDatabase, migrationDatabase } from "./database";
 import { loadDevIssuer } from "./dev-issuer";
 
 /** The only place that reads the environment. */
@@ -23,7 +23,16 @@ async function main() {
     ? createPostgresDatabase({ connectionString: config.databaseUrl })
     : // Loaded only when used: PGlite's WebAssembly adds about 35 MB to the resident memory of every API process.
       await (await import("./embedded-database")).openEmbeddedDatabase({ dataDir: config.dataDir });
-  await runMigrations(db);
+  if (config.databaseUrl) {
+    const migrations = migrationDatabase(config.databaseUrl);
+    try {
+      await runMigrations(migrations);
+    } finally {
+      await migrations.destroy();
+    }
+  } else {
+    await runMigrations(db);
+  }
   // LISTEN needs a connection of its own: Postgres only (the embedded database polls).
   let onListenError = (_error: Error) => {};
   const notifications = config.databaseUrl

@@ -6,8 +6,14 @@ import type { Kysely } from "kysely";
  * (default `.keyledger`), the one `pnpm start` uses. PGlite serves one process at a time, so while the API has
  * the embedded database open this refuses with one line instead of opening the directory a second time.
  */
-export async function openStore(env: Record<string, string | undefined>, maxConnections = 2): Promise<Kysely<unknown>> {
-  if (env.DATABASE_URL) return createPostgresDatabase({ connectionString: env.DATABASE_URL, maxConnections });
+export async function openStore(
+  env: Record<string, string | undefined>,
+  maxConnections = 2,
+  statementTimeoutMs?: number,
+): Promise<Kysely<unknown>> {
+  if (env.DATABASE_URL) {
+    return createPostgresDatabase({ connectionString: env.DATABASE_URL, maxConnections, statementTimeoutMs });
+  }
   const dataDir = env.KEYLEDGER_DATA_DIR || ".keyledger";
   try {
     return await openEmbeddedDatabase({ dataDir });

@@ -12,7 +12,8 @@ export const migrateCommand: CliCommand = {
   ],
   async run(args, env) {
     parseFlags(args, []);
-    const db = await openStore(env, 1);
+    // No statement timeout: a migration may rewrite a large table (see `migrationDatabase` in the API).
+    const db = await openStore(env, 1, 0);
     try {
       const result = await runMigrations(db);
       process.stdout.write(
