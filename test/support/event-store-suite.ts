@@ -62,8 +62,15 @@ export function describeEventStore(label: string, open: () => Promise<Kysely<unk
 
     it("appends to a stream and reads it back in version order", async () => {
       const streamId = uniqueId("stream");
+      const appendedAt = Date.now();
       const first = await append(db, streamId, 0, [event("Opened", { n: 1 }), event("Noted", { n: 2 })]);
       expect(first.map((e) => e.streamVersion)).toEqual([1, 2]);
+      // Time-ordered ids (UUID version 7): appends add to the right edge of the event_id index.
+      for (const recorded of first) {
+        expect(recorded.eventId).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+        const idTime = Number.parseInt(recorded.eventId.slice(0, 8) + recorded.eventId.slice(9, 13), 16);
+        expect(Math.abs(idTime - appendedAt)).toBeLessThan(5_000);
+      }
       expect(first[0]?.transactionId).toBe(first[1]?.transactionId);
       expect(BigInt(first[1]?.globalPosition ?? 0)).toBeGreaterThan(BigInt(first[0]?.globalPosition ?? 0));
       await append(db, streamId, 2, [event("Closed", { at: "2026-01-01T00:00:00.000Z" })]);

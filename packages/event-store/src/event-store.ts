@@ -1,6 +1,6 @@
-import { randomUUID } from "node:crypto";
 import type { EventMetadata, KeyledgerEvent } from "@keyledger/domain";
 import { type Kysely, type RawBuilder, sql } from "kysely";
+import { newEventId } from "./event-id";
 import type { EventStoreTables } from "./schema";
 
 /**
@@ -99,7 +99,7 @@ export async function appendToStream<E extends KeyledgerEvent>(
   if (events.length === 0) return [];
   const db = trx as unknown as EventStoreDb;
   const rows = events.map((event, i) => ({
-    event_id: randomUUID(),
+    event_id: newEventId(),
     stream_id: streamId,
     stream_version: expectedVersion + i + 1,
     event_type: event.type,
@@ -163,7 +163,7 @@ export async function appendToStreamInOneStatement<E extends KeyledgerEvent>(
 ): Promise<RecordedEvent<E>[] | undefined> {
   if (events.length === 0) return [];
   const rows = events.map((event, i) => ({
-    event_id: randomUUID(),
+    event_id: newEventId(),
     stream_version: expectedVersion + i + 1,
     event_type: event.type,
     data: event.data,
@@ -234,7 +234,7 @@ export async function appendToNewStreamsInOneStatement<E extends KeyledgerEvent>
   if (appends.length === 0) return [];
   const rows = appends.map((append, n) => ({
     n,
-    event_id: randomUUID(),
+    event_id: newEventId(),
     stream_id: append.streamId,
     event_type: append.event.type,
     data: append.event.data,
@@ -356,7 +356,7 @@ export async function appendToStreams(
 ): Promise<RecordedEvent[]> {
   const rows = appends.flatMap((append) =>
     append.events.map((event, i) => ({
-      event_id: randomUUID(),
+      event_id: newEventId(),
       stream_id: append.streamId,
       stream_version: append.expectedVersion + i + 1,
       event_type: event.type,
