@@ -1,8 +1,8 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { sql } from "kysely";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
-import { testEventStream } from "../support/nats";
+import { apiNatsOptions, testEventStream } from "../support/nats";
 import { until } from "../support/until";
 
 const BAD_KEY = { authorization: "Bearer dtn_not-a-key" };
@@ -216,12 +216,7 @@ describe("limits shared by the cached /current answer and fastify", () => {
     api = await startApi({
       keyUsedThrottleMs: 3_600_000,
       rateLimits: { failedAuth: { limit: 2, ttlSeconds: 60 }, authenticated: { limit: 6, ttlSeconds: 60 } },
-      nats: {
-        url: stream.natsUrl,
-        streamName: stream.streamName,
-        subjectPrefix: stream.subjectPrefix,
-        relay: { databaseUrl: inject("databaseUrl") },
-      },
+      nats: apiNatsOptions(stream),
     });
     await api.app.apiKeyVerifier.whenSubscribed();
   });

@@ -1,7 +1,7 @@
 import { createServer, request as httpRequest, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { metricsRegistry } from "../../services/api/src/metrics";
 import { RateLimits } from "../../services/api/src/plugins/app/rate-limits";
 import type { ApiKeyRow } from "../../services/api/src/read-model-queries";
@@ -11,7 +11,7 @@ import {
   cachedCurrentKeyAnswerer,
 } from "../../services/api/src/routes/api-keys/current-key-fast-path";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
-import { testEventStream } from "../support/nats";
+import { apiNatsOptions, testEventStream } from "../support/nats";
 import { until } from "../support/until";
 
 /** The route's 200s in the latency histogram and the valid verifications, from the process's registry. */
@@ -122,12 +122,7 @@ describe("the cached /current answer, ahead of fastify", () => {
   beforeAll(async () => {
     api = await startApi({
       keyUsedThrottleMs: 3_600_000,
-      nats: {
-        url: stream.natsUrl,
-        streamName: stream.streamName,
-        subjectPrefix: stream.subjectPrefix,
-        relay: { databaseUrl: inject("databaseUrl") },
-      },
+      nats: apiNatsOptions(stream),
     });
     await api.app.apiKeyVerifier.whenSubscribed();
     org = uniqueId("org");

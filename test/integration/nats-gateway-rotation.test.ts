@@ -5,9 +5,9 @@ import { createVerifier, type Verifier } from "@keyledger/verifier";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import Fastify, { type FastifyInstance } from "fastify";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
-import { testEventStream } from "../support/nats";
+import { apiNatsOptions, testEventStream } from "../support/nats";
 import { until } from "../support/until";
 
 /**
@@ -30,13 +30,7 @@ describe("gateway: rotation grace and membership changes over NATS", () => {
 
   beforeAll(async () => {
     api = await startApi({
-      nats: {
-        url: stream.natsUrl,
-        streamName: stream.streamName,
-        subjectPrefix: stream.subjectPrefix,
-        relay: { databaseUrl: inject("databaseUrl") },
-        membership,
-      },
+      nats: { ...apiNatsOptions(stream), membership },
     });
     upstream = Fastify();
     upstream.all("/*", async () => ({ ok: true }));

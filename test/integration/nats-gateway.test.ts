@@ -4,10 +4,10 @@ import { buildGateway, type Gateway } from "@keyledger/gateway";
 import { createVerifier, type Verifier } from "@keyledger/verifier";
 import Fastify, { type FastifyInstance } from "fastify";
 import { sql } from "kysely";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
 import { connectTestDatabase } from "../support/database";
-import { testEventStream } from "../support/nats";
+import { apiNatsOptions, testEventStream } from "../support/nats";
 
 async function until<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 15_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -68,12 +68,7 @@ describe("gateway: API keys checked at the edge, revocations over NATS", () => {
           if (event.type === "KeyRevoked") revokedCommits.set(event.data.keyHash, now);
         }
       },
-      nats: {
-        url: stream.natsUrl,
-        streamName: stream.streamName,
-        subjectPrefix: stream.subjectPrefix,
-        relay: { databaseUrl: inject("databaseUrl") },
-      },
+      nats: apiNatsOptions(stream),
     });
     upstream = await startEchoUpstream();
     verifier = createVerifier({

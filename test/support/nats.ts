@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { decodeEventMessage, deleteEventStream, type EventMessage } from "@keyledger/nats-bus";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
+import { inject } from "vitest";
 
 /** The shared NATS server of this machine (JetStream on). Tests never reconfigure it: they use unique streams. */
 export const SHARED_NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -37,6 +38,19 @@ export function testEventStream(natsUrl = SHARED_NATS_URL): TestEventStream {
         await nc.close();
       }
     },
+  };
+}
+
+/**
+ * The API's NATS options on `stream`, with its relay on the run's shared test database (its own session, as in
+ * production): what tests pass as `startApi({ nats })`.
+ */
+export function apiNatsOptions(stream: TestEventStream) {
+  return {
+    url: stream.natsUrl,
+    streamName: stream.streamName,
+    subjectPrefix: stream.subjectPrefix,
+    relay: { databaseUrl: inject("databaseUrl") },
   };
 }
 
