@@ -1,5 +1,5 @@
 import { startBenchEnvironment } from "../lib/environment";
-import { alternate, assertClean, load, median, withCpu } from "../lib/load";
+import { assertClean, load, median, withCpu } from "../lib/load";
 import { type ChildService, freePort, spawnTs, waitForHttp } from "../lib/processes";
 import type { Figure } from "../lib/report";
 import { type BenchContext, type Scenario, size } from "../lib/scenario";
@@ -43,6 +43,8 @@ export function profileFlags(context: BenchContext, name: string): string[] {
 
 export const THROUGHPUT_CONNECTIONS = 32;
 
+const CURRENT_PATH = "/api/api-keys/current";
+
 /** Starts two things at once; if one fails, stops the other and throws. */
 export async function startBoth<A, B>(
   a: Promise<A>,
@@ -57,76 +59,109 @@ export async function startBoth<A, B>(
   throw ra.status === "rejected" ? ra.reason : (rb as PromiseRejectedResult).reason;
 }
 
-/** `GET /api/api-keys/current` with one key used over and over (the cached case) ÷ hello-world req/s. */
+/**
+ * `GET /api/api-keys/current` with one key used over and over (the cached case) ÷ hello-world req/s.
+ *
+ * Identical Node servers differ by up to ±15 % in CPU per request from one process to the next, and each keeps its
+ * speed for its lifetime (measured here: six hello-world processes, alternating rounds, per-process medians 22-29 µs;
+ * also with address-space randomisation off). One process of each would compare two draws of that lottery, so the
+ * scenario starts several of each (hello-world, the no-code route, API replicas on the same database) and takes the
+ * median over every round of every process, each round of one alternating with the others.
+ */
 export const currentKeyScenario: Scenario = {
   id: "current-key",
   title: "GET /api/api-keys/current with a cached key vs fastify hello-world",
   async run(context) {
-    const [hello, env] = await startBoth(
-      startHelloWorld(),
+    const processes = size(context, 3, 2);
+    const [hellos, env] = await startBoth(
+      Promise.all(Array.from({ length: processes }, () => startHelloWorld())),
       startBenchEnvironment(context, "current", { nodeFlags: profileFlags(context, "current-key") }),
-      (h) => h.service.stop(),
+      (started) => Promise.all(started.map((h) => h.service.stop())),
       (e) => e.close(),
     );
-    let sameResponse: Awaited<ReturnType<typeof startHelloWorld>> | undefined;
+    const sameResponses: Awaited<ReturnType<typeof startHelloWorld>>[] = [];
     try {
       const { api, client } = env;
       await client.setMember("org-bench", "user-owner", "owner");
       const key = await client.createKey(await client.jwtHeaders("user-owner", "org-bench"), "cached", []);
-      const current = {
-        url: `${api.baseUrl}/api/api-keys/current`,
-        headers: { authorization: `Bearer ${key}` },
-      };
-      const seconds = size(context, 5, 1.5);
+      const headers = { authorization: `Bearer ${key}` };
+      const apis = [api];
+      for (let i = 1; i < processes; i++) {
+        apis.push(await env.startReplica(`api-${i}`, profileFlags(context, `current-key-${i}`)));
+      }
+      const seconds = size(context, 5, 1);
       const connections = THROUGHPUT_CONNECTIONS;
       // The floor for this route: a fastify route sending the very same headers and body, with no code behind it.
-      const captured = await capturedResponse(current.url, current.headers);
+      const captured = await capturedResponse(`${api.baseUrl}${CURRENT_PATH}`, headers);
       context.log(
         `same response: headers ${Object.keys(captured.headers).join(", ")}; body ${captured.body.length} bytes`,
       );
-      sameResponse = await startHelloWorld(captured);
-      const sameResponseUrl = sameResponse.staticUrl;
-      context.log(`warm-up`);
-      await load({ url: hello.url, connections, duration: 1 });
-      await load({ url: sameResponseUrl, connections, duration: 1 });
-      await load({ ...current, connections, duration: size(context, 3, 1) });
-      const sameResponseRounds: Awaited<ReturnType<typeof withCpu>>[] = [];
-      const rounds = await alternate(
-        size(context, 3, 2),
-        async () =>
-          assertClean(
-            "hello-world",
-            await withCpu(hello.service, () => load({ url: hello.url, connections, duration: seconds })),
+      for (let i = 0; i < processes; i++) sameResponses.push(await startHelloWorld(captured));
+      const trios = hellos.map((hello, i) => {
+        const sameResponse = sameResponses[i] as Awaited<ReturnType<typeof startHelloWorld>>;
+        const current = apis[i] as (typeof apis)[number];
+        return {
+          hello: { service: hello.service, url: hello.url },
+          sameResponse: { service: sameResponse.service, url: sameResponse.staticUrl },
+          current: { service: current.service, url: `${current.baseUrl}${CURRENT_PATH}`, headers },
+        };
+      });
+      context.log(`warm-up (${processes} processes of each)`);
+      for (const trio of trios) {
+        await load({ url: trio.hello.url, connections, duration: size(context, 1, 0.5) });
+        await load({ url: trio.sameResponse.url, connections, duration: size(context, 1, 0.5) });
+        await load({ url: trio.current.url, headers, connections, duration: size(context, 3, 1) });
+      }
+      type Target = { service: ChildService; url: string; headers?: Record<string, string> };
+      const measure = async (label: string, target: Target) =>
+        assertClean(
+          label,
+          await withCpu(target.service, () =>
+            load({ url: target.url, headers: target.headers, connections, duration: seconds }),
           ),
-        async () => {
-          const service = sameResponse?.service as ChildService;
-          sameResponseRounds.push(
-            assertClean(
-              "same response",
-              await withCpu(service, () => load({ url: sameResponseUrl, connections, duration: seconds })),
-            ),
-          );
-          return assertClean(
-            "/current",
-            await withCpu(api.service, () => load({ ...current, connections, duration: seconds })),
-          );
-        },
-      );
-      const helloRate = median(rounds.baseline.map((r) => r.okPerSecond));
-      const currentRate = median(rounds.target.map((r) => r.okPerSecond));
-      const sameResponseRate = median(sameResponseRounds.map((r) => r.okPerSecond));
+        );
+      type Measured = Awaited<ReturnType<typeof measure>>;
+      const byProcess = trios.map(() => ({
+        hello: [] as Measured[],
+        sameResponse: [] as Measured[],
+        current: [] as Measured[],
+      }));
+      for (let round = 0; round < size(context, 3, 2); round++) {
+        for (const [i, trio] of trios.entries()) {
+          const mine = byProcess[i] as (typeof byProcess)[number];
+          mine.hello.push(await measure("hello-world", trio.hello));
+          mine.sameResponse.push(await measure("same response", trio.sameResponse));
+          mine.current.push(await measure("/current", trio.current));
+        }
+      }
+      type Pick = (p: (typeof byProcess)[number]) => Measured[];
+      const helloRounds: Pick = (p) => p.hello;
+      const sameResponseRounds: Pick = (p) => p.sameResponse;
+      const currentRounds: Pick = (p) => p.current;
+      const rate = (pick: Pick) => median(byProcess.flatMap(pick).map((r) => r.okPerSecond));
+      const cpu = (results: Measured[]) => median(results.map((r) => r.cpuMicrosPerRequest));
+      const helloRate = rate(helloRounds);
+      const currentRate = rate(currentRounds);
+      const sameResponseRate = rate(sameResponseRounds);
       const ratio = currentRate / helloRate;
       const floor = sameResponseRate / helloRate;
-      const cpu = (results: { cpuMicrosPerRequest: number }[]) => median(results.map((r) => r.cpuMicrosPerRequest));
-      const helloCpu = cpu(rounds.baseline);
-      const sameResponseCpu = cpu(sameResponseRounds);
-      const apiCpu = cpu(rounds.target);
+      const helloCpu = cpu(byProcess.flatMap(helloRounds));
+      const sameResponseCpu = cpu(byProcess.flatMap(sameResponseRounds));
+      const apiCpu = cpu(byProcess.flatMap(currentRounds));
+      const perProcess = (pick: Pick) => byProcess.map((p) => cpu(pick(p)).toFixed(1)).join(" / ");
+      const roundRates = (pick: Pick) =>
+        byProcess
+          .flatMap(pick)
+          .map((r) => Math.round(r.okPerSecond))
+          .join(" ");
       context.log(
         `hello-world ${helloRate.toFixed(0)} req/s (${helloCpu.toFixed(0)} µs CPU/req), ` +
           `same response, no code ${sameResponseRate.toFixed(0)} req/s (${sameResponseCpu.toFixed(0)} µs CPU/req), ` +
-          `/current ${currentRate.toFixed(0)} req/s (${apiCpu.toFixed(0)} µs CPU/req)`,
+          `/current ${currentRate.toFixed(0)} req/s (${apiCpu.toFixed(0)} µs CPU/req); per process (µs CPU/req): ` +
+          `hello-world ${perProcess(helloRounds)}, same response ${perProcess(sameResponseRounds)}, ` +
+          `/current ${perProcess(currentRounds)}`,
       );
-      const last = rounds.target[rounds.target.length - 1];
+      const last = byProcess.flatMap(currentRounds).at(-1);
       const figure: Figure = {
         id: "current-key-throughput",
         label: "`GET /api/api-keys/current`, cached key, req/s",
@@ -144,16 +179,20 @@ export const currentKeyScenario: Scenario = {
           "(heap, megamorphic call sites). Most of every request's CPU is node's HTTP and the socket write",
         details: {
           connections,
-          rounds: rounds.target.length,
+          processesOfEach: processes,
+          roundsPerProcess: size(context, 3, 2),
           secondsPerRound: seconds,
           p50Ms: last?.latencyMs.p50 ?? Number.NaN,
           p99Ms: last?.latencyMs.p99 ?? Number.NaN,
           helloCpuMicrosPerRequest: helloCpu,
           sameResponseCpuMicrosPerRequest: sameResponseCpu,
           apiCpuMicrosPerRequest: apiCpu,
-          helloRounds: rounds.baseline.map((r) => Math.round(r.okPerSecond)).join(" "),
-          sameResponseRounds: sameResponseRounds.map((r) => Math.round(r.okPerSecond)).join(" "),
-          currentRounds: rounds.target.map((r) => Math.round(r.okPerSecond)).join(" "),
+          helloCpuMicrosPerProcess: perProcess(helloRounds),
+          sameResponseCpuMicrosPerProcess: perProcess(sameResponseRounds),
+          apiCpuMicrosPerProcess: perProcess(currentRounds),
+          helloRounds: roundRates(helloRounds),
+          sameResponseRounds: roundRates(sameResponseRounds),
+          currentRounds: roundRates(currentRounds),
         },
       };
       const floorFigure: Figure = {
@@ -171,8 +210,7 @@ export const currentKeyScenario: Scenario = {
       return [figure, floorFigure];
     } finally {
       await env.close();
-      await hello.service.stop();
-      await sameResponse?.service.stop();
+      for (const started of [...hellos, ...sameResponses]) await started.service.stop();
     }
   },
 };
