@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { cpus, freemem, loadavg, totalmem } from "node:os";
 
 /** One row of the results table. */
@@ -28,6 +29,12 @@ export type Machine = {
   postgres: string;
   nats: string;
   platform: string;
+  /**
+   * Whether the CPU says it runs under a hypervisor (the `hypervisor` flag in /proc/cpuinfo; undefined where there is
+   * none to read). In a virtual machine every system call and every wake-up of another process can cost far more
+   * than on bare metal, and those dominate the latency figures.
+   */
+  virtualMachine?: boolean;
   /** 1-minute load average when the run started and ended: other work on the machine shows here. */
   loadAverageAtStart: number;
   loadAverageAtEnd?: number;
@@ -56,9 +63,18 @@ export function describeMachine(postgres: string, nats: string): Machine {
     postgres,
     nats,
     platform: `${process.platform} ${process.arch}`,
+    virtualMachine: runsUnderHypervisor(),
     loadAverageAtStart: round(loadavg()[0] ?? 0, 2),
     freeRamGiBAtStart: round(freemem() / 2 ** 30, 1),
   };
+}
+
+function runsUnderHypervisor(): boolean | undefined {
+  try {
+    return /^flags\s*:.*\bhypervisor\b/m.test(readFileSync("/proc/cpuinfo", "utf8"));
+  } catch {
+    return undefined;
+  }
 }
 
 export function round(value: number, digits: number): number {
@@ -101,7 +117,7 @@ export function markdownTable(figures: readonly Figure[]): string {
 export function machineLine(m: Machine): string {
   return (
     `${m.cores} cores (${m.cpuModel}), ${m.ramGiB} GiB RAM, Node ${m.node}, PostgreSQL ${m.postgres}, ` +
-    `NATS ${m.nats}, ${m.platform}; 1-min load average ${m.loadAverageAtStart} at start` +
+    `NATS ${m.nats}, ${m.platform}${m.virtualMachine ? " (a virtual machine)" : ""}; 1-min load average ${m.loadAverageAtStart} at start` +
     (m.loadAverageAtEnd === undefined ? "" : `, ${m.loadAverageAtEnd} at end`)
   );
 }
