@@ -9,8 +9,60 @@ export type EventPublisherOptions = {
   subjectPrefix: string;
   /** How long to wait for a PubAck (default 5 s). */
   publishTimeoutMs?: number;
+  /**
+   * Given: the fast path asks for the stream's acknowledgement of each event and records its publishes here, so that
+   * a relay in this process does not publish acknowledged events again. Omitted: the fast path publishes without
+   * asking (no relay here could use the answer).
+   */
+  fastPathPublishes?: FastPathPublishes;
   log?: BusLogger;
 };
+
+/** How many fast-path publishes are remembered for the relay by default (the oldest are forgotten first). */
+const FAST_PATH_CAPACITY = 16_384;
+
+/**
+ * The fast path's JetStream publishes in this process, each with the promise of its outcome (whether the stream
+ * acknowledged it), until the relay in the same process reads the event from the log: an acknowledged event is
+ * stored in the stream, so the relay counts it as published instead of publishing it again, which every core
+ * subscriber (every gateway among them) would receive and decode a second time. Bounded: past `capacity` the
+ * oldest are forgotten, and the relay publishes those events again, which the stream drops as duplicates; nothing
+ * is lost either way.
+ */
+export class FastPathPublishes {
+  private readonly outcomes = new Map<string, Promise<boolean>>();
+
+  constructor(private readonly capacity = FAST_PATH_CAPACITY) {}
+
+  /** Records the publish of `eventId`; `acknowledgement` settles with the stream's answer. */
+  track(eventId: string, acknowledgement: Promise<unknown>): void {
+    if (this.outcomes.size >= this.capacity) {
+      const oldest = this.outcomes.keys().next().value;
+      if (oldest !== undefined) this.outcomes.delete(oldest);
+    }
+    this.outcomes.set(
+      eventId,
+      acknowledgement.then(
+        () => true,
+        () => false,
+      ),
+    );
+  }
+
+  /**
+   * Whether the stream acknowledged the fast path's publish of `eventId`, once it is known; undefined when the fast
+   * path here did not publish it (or it was forgotten). The event is forgotten either way: the relay asks once.
+   */
+  take(eventId: string): Promise<boolean> | undefined {
+    const outcome = this.outcomes.get(eventId);
+    this.outcomes.delete(eventId);
+    return outcome;
+  }
+
+  get size(): number {
+    return this.outcomes.size;
+  }
+}
 
 /** Events no cache is waiting for: the fast path may hold them until the end of the event loop's turn. */
 const DEFERRABLE_EVENT_TYPES: ReadonlySet<string> = new Set(["KeyCreated", "KeyUsed"]);
@@ -64,11 +116,12 @@ export class EventPublisher {
   }
 
   /**
-   * Fast path: publishes events right after their command committed, as plain core publishes with the same
-   * `Nats-Msg-Id` the relay uses: the stream stores (and de-duplicates) them as it does the relay's, core
-   * subscribers get them at once, and nothing waits for a PubAck (no reply inbox, no timer per event). Nothing
-   * tells whether one arrived: the relay publishes every event from the log anyway, with acknowledgements. Nothing
-   * is attempted while NATS is down.
+   * Fast path: publishes events right after their command committed, with the same `Nats-Msg-Id` the relay uses:
+   * core subscribers get them at once, and the stream stores (and de-duplicates) them as it does the relay's. With
+   * `fastPathPublishes`, each is a JetStream publish recorded there with its acknowledgement for the relay (the
+   * reply comes after subscribers have the message, and only the relay waits for it); without, a plain core publish,
+   * of which nothing tells whether it arrived, and the relay publishes every event from the log anyway. A publish
+   * that fails or is not acknowledged is left to the relay. Nothing is attempted while NATS is down.
    */
   publishCommitted(events: readonly RecordedEvent[]): void {
     if (!this.link.connection || !this.link.connected) return;
@@ -88,6 +141,29 @@ export class EventPublisher {
     this.fastPathQueue = [];
     const nc = this.link.connection;
     if (!nc || !this.link.connected) return;
+    const fastPathPublishes = this.options.fastPathPublishes;
+    if (fastPathPublishes !== undefined) {
+      for (const event of events) {
+        let acknowledgement: Promise<unknown>;
+        try {
+          acknowledgement = this.client().publish(
+            eventSubject(this.options.subjectPrefix, organizationOf(event), event.type),
+            encodeEventMessage(event),
+            { msgID: event.eventId, retries: 1 }, // one attempt (the relay is the retry)
+          );
+        } catch (error) {
+          acknowledgement = Promise.reject(error);
+        }
+        acknowledgement.catch((error: unknown) => {
+          this.log.debug(
+            { err: error, eventId: event.eventId },
+            "fast-path publish not acknowledged; the relay will publish it",
+          );
+        });
+        fastPathPublishes.track(event.eventId, acknowledgement);
+      }
+      return;
+    }
     for (const event of events) {
       try {
         const h = natsHeaders();

@@ -9,7 +9,7 @@ import {
 import { Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
 import { type BusLogger, type NatsLink, silentLogger } from "./connection";
-import { EventPublisher } from "./publisher";
+import { EventPublisher, type FastPathPublishes } from "./publisher";
 import { ensureEventStream } from "./stream";
 
 export type EventRelayOptions = {
@@ -46,16 +46,27 @@ export type EventRelayOptions = {
    * one listening connection fewer, and one backend fewer that Postgres wakes for every NOTIFY in the database.
    */
   notifications?: { subscribe(channel: string, handler: (payload: string) => void): () => void };
+  /**
+   * The fast path's publishes in this process (`EventPublisher`'s `fastPathPublishes`): an event the stream
+   * acknowledged there counts as published, in its place in the batch, and is not published again (the relay waits
+   * for an acknowledgement still under way). An event read before the fast path sent it is published by both.
+   */
+  fastPathPublishes?: Pick<FastPathPublishes, "take">;
   log?: BusLogger;
 };
 
 export type RelayStats = {
+  /** Events published by the relay and acknowledged by the stream. */
   published: number;
+  /** Events the fast path had already published with an acknowledgement: passed over, not published again. */
+  acknowledgedByFastPath: number;
   duplicates: number;
   failedPublishes: number;
   /** Tries to take the lock (a standby makes one per `lockRetryMs`). */
   lockAttempts: number;
 };
+
+const ACKNOWLEDGED_BY_FAST_PATH = Promise.resolve("acknowledged by the fast path" as const);
 
 /** First key of the two-key advisory lock; the second is `hashtext(checkpointName)`. */
 const RELAY_LOCK_CLASS = 7_244_912;
@@ -90,7 +101,13 @@ export class EventRelay {
   private readonly checkpointName: string;
   private readonly unsubscribeLink: () => void;
   private readonly unsubscribeNotifications: () => void;
-  readonly stats: RelayStats = { published: 0, duplicates: 0, failedPublishes: 0, lockAttempts: 0 };
+  readonly stats: RelayStats = {
+    published: 0,
+    acknowledgedByFastPath: 0,
+    duplicates: 0,
+    failedPublishes: 0,
+    lockAttempts: 0,
+  };
 
   constructor(private readonly options: EventRelayOptions) {
     this.log = options.log ?? silentLogger;
@@ -262,14 +279,25 @@ export class EventRelay {
 
   /**
    * Publishes a batch pipelined on one connection (the server stores it in send order) and returns how many
-   * events from the start of the batch were acknowledged without a gap.
+   * events from the start of the batch were acknowledged without a gap. Events the stream acknowledged for the fast
+   * path count as acknowledged where they are, unpublished.
    */
   private async publishInOrder(events: RecordedEvent[]): Promise<number> {
-    const results = await Promise.allSettled(events.map((event) => this.publisher.publish(event)));
+    const fastPath = this.options.fastPathPublishes;
+    // First every fast-path outcome of the batch (an acknowledgement takes about a round trip to NATS), then the
+    // publishes of the rest in log order, pipelined.
+    const inStream = await Promise.all(events.map((event) => fastPath?.take(event.eventId) ?? false));
+    const results = await Promise.allSettled(
+      events.map((event, i) => (inStream[i] ? ACKNOWLEDGED_BY_FAST_PATH : this.publisher.publish(event))),
+    );
     let acked = 0;
     for (const result of results) {
       if (result.status !== "fulfilled") break;
       acked += 1;
+      if (result.value === "acknowledged by the fast path") {
+        this.stats.acknowledgedByFastPath += 1;
+        continue;
+      }
       this.stats.published += 1;
       if (result.value.duplicate) this.stats.duplicates += 1;
     }

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { hashKeyValue, type KeyledgerEvent, keyStreamId } from "@keyledger/domain";
 import {
   appendToStream,
+  checkpointOf,
   LOG_START,
   type LogCheckpoint,
   loadCheckpoint,
@@ -15,7 +16,14 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { uniqueId } from "../../../test/support/api-harness";
 import { type OwnNatsServer, readStreamEvents, startNatsServer, testEventStream } from "../../../test/support/nats";
 import { PgNotificationListener } from "../../projections/src/index";
-import { EventPublisher, EventRelay, ensureEventStream, NatsLink, organizationSubjectFilter } from "../src/index";
+import {
+  EventPublisher,
+  EventRelay,
+  ensureEventStream,
+  FastPathPublishes,
+  NatsLink,
+  organizationSubjectFilter,
+} from "../src/index";
 
 const databaseUrl = () => inject("databaseUrl");
 
@@ -220,6 +228,75 @@ describe("event relay", () => {
       sub.unsubscribe();
       await relay.stop();
     }
+  });
+
+  it("passes over the events the stream acknowledged for the fast path: subscribers get each event once", async () => {
+    const org = uniqueId("org.acked");
+    const checkpointName = await checkpointAtHead(db);
+    await appendKeys(org, 4);
+    let events: Awaited<ReturnType<typeof readAllAfter>> = [];
+    await until(async () => {
+      const all = await readAllAfter(db, await loadCheckpoint(db, checkpointName), 100_000);
+      events = all.filter((e) => (e.data as { organizationId?: string }).organizationId === org);
+      return events.length === 4;
+    }, "the appended events to be readable");
+    const nc = link.connection;
+    if (!nc) throw new Error("not connected");
+    const seen: string[] = [];
+    const sub = nc.subscribe(organizationSubjectFilter(stream.subjectPrefix, org), {
+      callback: (_error, msg) => {
+        seen.push((msg.json() as { eventId: string }).eventId);
+      },
+    });
+    await nc.flush();
+    const fastPathPublishes = new FastPathPublishes();
+    const publisher = new EventPublisher(link, { subjectPrefix: stream.subjectPrefix, fastPathPublishes });
+    const relay = new EventRelay({
+      databaseUrl: databaseUrl(),
+      link,
+      ...stream,
+      checkpointName,
+      pollIntervalMs: 50,
+      fastPathPublishes,
+    });
+    // Three go out on the fast path (creations at the end of the event loop's turn), the relay starting right after,
+    // before their acknowledgements are back; the last event never goes out on the fast path (as when its command's
+    // process had lost NATS).
+    publisher.publishCommitted(events.slice(0, 3));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(fastPathPublishes.size).toBe(3);
+    relay.start();
+    const last = events[3] as (typeof events)[number];
+    try {
+      await until(async () => {
+        const stored = await loadCheckpoint(db, checkpointName);
+        return !isBefore(stored, checkpointOf(last));
+      }, "the relay's checkpoint to pass the four events");
+      // The relay's publishes reach this subscription before their acknowledgements reach the relay (same server,
+      // same connection), so by now a second copy would have arrived.
+      await nc.flush();
+      expect(relay.stats.acknowledgedByFastPath).toBe(3);
+      expect(relay.stats.published).toBeGreaterThanOrEqual(1);
+      expect(fastPathPublishes.size).toBe(0);
+      expect(seen).toEqual(events.map((e) => e.eventId));
+      expect(await eventIdsInStream(org)).toEqual(events.map((e) => e.eventId));
+    } finally {
+      sub.unsubscribe();
+      await relay.stop();
+    }
+  });
+
+  it("fast-path publishes: the outcome of each (acknowledged or not), taken once, the oldest forgotten", async () => {
+    const publishes = new FastPathPublishes(2);
+    publishes.track("a", Promise.resolve());
+    publishes.track("b", Promise.reject(new Error("no acknowledgement")));
+    publishes.track("c", Promise.resolve());
+    expect(publishes.size).toBe(2);
+    expect(publishes.take("a")).toBeUndefined();
+    await expect(publishes.take("b")).resolves.toBe(false);
+    expect(publishes.take("b")).toBeUndefined();
+    await expect(publishes.take("c")).resolves.toBe(true);
+    expect(publishes.size).toBe(0);
   });
 
   it("runs one active relay per checkpoint; a standby takes over when the active one stops", async () => {

@@ -3,6 +3,7 @@ import {
   type BusLogger,
   EventPublisher,
   EventRelay,
+  FastPathPublishes,
   type KeyUseReport,
   NatsLink,
   subscribeKeyUseReports,
@@ -58,7 +59,9 @@ export class ApiEventBus {
   /** `notifications`: the process's Postgres listener, which wakes the relay (instead of a LISTEN of its own). */
   constructor(options: EventBusOptions, db: Kysely<unknown>, log: BusLogger, notifications?: NotificationSource) {
     this.link = new NatsLink({ servers: options.url, name: "keyledger-api", log });
-    this.publisher = new EventPublisher(this.link, { subjectPrefix: options.subjectPrefix, log });
+    // With a relay here, it passes over the events the stream acknowledged for the fast path: each is published once.
+    const fastPathPublishes = options.relay !== false ? new FastPathPublishes() : undefined;
+    this.publisher = new EventPublisher(this.link, { subjectPrefix: options.subjectPrefix, fastPathPublishes, log });
     if (options.relay !== false) {
       this.relay = new EventRelay({
         ...("databaseUrl" in options.relay ? { databaseUrl: options.relay.databaseUrl, notifications } : { db }),
@@ -66,6 +69,7 @@ export class ApiEventBus {
         streamName: options.streamName,
         subjectPrefix: options.subjectPrefix,
         duplicateWindowMs: options.duplicateWindowMs,
+        fastPathPublishes,
         log,
       });
       this.relay.start();
