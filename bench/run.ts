@@ -41,10 +41,17 @@ const SCENARIOS: Scenario[] = [
   rebuildScenario,
 ];
 
-type Args = { quick: boolean; only: string[] | undefined; profile: boolean; write: boolean };
+type Args = {
+  quick: boolean;
+  only: string[] | undefined;
+  profile: boolean;
+  write: boolean;
+  /** Re-render BENCHMARKS.md's table from this results file and exit (after a change to the table's format). */
+  tableFrom: string | undefined;
+};
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { quick: false, only: undefined, profile: false, write: true };
+  const args: Args = { quick: false, only: undefined, profile: false, write: true, tableFrom: undefined };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
     if (arg === "--") continue;
@@ -53,12 +60,13 @@ function parseArgs(argv: string[]): Args {
     else if (arg === "--no-write") args.write = false;
     else if (arg === "--only") args.only = (argv[++i] ?? "").split(",").filter(Boolean);
     else if (arg.startsWith("--only=")) args.only = arg.slice(7).split(",").filter(Boolean);
+    else if (arg === "--table-from") args.tableFrom = argv[++i];
     else if (arg === "--list") {
       for (const s of SCENARIOS) process.stdout.write(`${s.id.padEnd(22)} ${s.title}\n`);
       process.exit(0);
     } else {
       process.stderr.write(
-        `unknown argument ${arg}\nusage: pnpm bench [--quick] [--only id,id] [--profile] [--list]\n`,
+        `unknown argument ${arg}\nusage: pnpm bench [--quick] [--only id,id] [--profile] [--list] [--table-from results.json]\n`,
       );
       process.exit(64);
     }
@@ -127,6 +135,14 @@ function updateBenchmarksMd(results: RunResults, resultsFile: string) {
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
+  if (args.tableFrom !== undefined) {
+    const file = args.tableFrom;
+    const results = JSON.parse(readFileSync(join(REPO_ROOT, file), "utf8")) as RunResults;
+    if (results.mode !== "full") throw new Error(`${file} is not a full run's results`);
+    updateBenchmarksMd(results, file);
+    process.stderr.write(`BENCHMARKS.md: table re-rendered from ${file}\n`);
+    return;
+  }
   const startedAt = new Date();
   const adminUrl = adminDatabaseUrl(process.env);
   const machine = describeMachine(await serverVersion(adminUrl), natsVersion());

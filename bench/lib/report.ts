@@ -82,6 +82,15 @@ export function round(value: number, digits: number): number {
   return Math.round(value * f) / f;
 }
 
+/**
+ * A ratio with three decimals, cut rather than rounded, so that a ratio just under a goal is never shown at the goal
+ * (0.7995 is "0.799", not "0.8").
+ */
+export function formatRatio(value: number): string {
+  if (!Number.isFinite(value)) return String(value);
+  return (Math.floor(value * 1000) / 1000).toFixed(3);
+}
+
 /** A number for the table: thousands separated, a sensible number of decimals. */
 export function formatNumber(value: number): string {
   if (!Number.isFinite(value)) return String(value);
@@ -106,7 +115,7 @@ export function markdownTable(figures: readonly Figure[]): string {
   ];
   for (const f of figures) {
     const baseline = f.baseline ? `${f.baseline.label}: ${formatValue(f.baseline.value, f.baseline.unit)}` : "";
-    const ratio = f.ratio === undefined ? "" : `${formatNumber(f.ratio)}×`;
+    const ratio = f.ratio === undefined ? "" : `${formatRatio(f.ratio)}×`;
     lines.push(
       `| ${f.label} | ${formatValue(f.value, f.unit)} | ${baseline} | ${ratio} | ${f.goal} | ${verdict(f.pass)} | ${f.boundBy} |`,
     );
