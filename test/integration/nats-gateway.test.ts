@@ -6,8 +6,7 @@ import Fastify, { type FastifyInstance } from "fastify";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
-import { connectTestDatabase } from "../support/database";
-import { apiNatsOptions, testEventStream } from "../support/nats";
+import { apiNatsOptions, startRelayAtLogHead, testEventStream } from "../support/nats";
 
 async function until<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 15_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -48,18 +47,7 @@ describe("gateway: API keys checked at the edge, revocations over NATS", () => {
   const revokedCommits = new Map<string, number>();
 
   beforeAll(async () => {
-    // The relay starts at the end of the log: the run's database holds every other test file's events, and
-    // republishing that history (under this test's subjects) would flood the gateway's verifier while it runs.
-    const admin = connectTestDatabase(1);
-    try {
-      await sql`
-        INSERT INTO checkpoints (name, transaction_id, global_position, updated_at)
-        SELECT ${`nats-relay:${stream.streamName}`}, transaction_id, global_position, now() FROM events
-         ORDER BY transaction_id DESC, global_position DESC LIMIT 1
-        ON CONFLICT (name) DO NOTHING`.execute(admin);
-    } finally {
-      await admin.destroy();
-    }
+    await startRelayAtLogHead(stream);
     api = await startApi({
       keyUsedThrottleMs: 300,
       onCommitted: (events) => {

@@ -2,8 +2,7 @@ import { NatsLink, organizationSubjectFilter } from "@keyledger/nats-bus";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
-import { connectTestDatabase } from "../support/database";
-import { apiNatsOptions, testEventStream } from "../support/nats";
+import { apiNatsOptions, startRelayAtLogHead, testEventStream } from "../support/nats";
 
 async function until(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -25,17 +24,7 @@ describe("the API publishes creations once (fast path acknowledged, relay passes
   let observer: NatsLink;
 
   beforeAll(async () => {
-    // The relay starts at the end of the log (the run's database holds every other test file's events).
-    const admin = connectTestDatabase(1);
-    try {
-      await sql`
-        INSERT INTO checkpoints (name, transaction_id, global_position, updated_at)
-        SELECT ${`nats-relay:${stream.streamName}`}, transaction_id, global_position, now() FROM events
-         ORDER BY transaction_id DESC, global_position DESC LIMIT 1
-        ON CONFLICT (name) DO NOTHING`.execute(admin);
-    } finally {
-      await admin.destroy();
-    }
+    await startRelayAtLogHead(stream);
     api = await startApi({ nats: apiNatsOptions(stream) });
     observer = new NatsLink({ servers: stream.natsUrl, name: "publish-once-observer" });
     await observer.whenConnected();

@@ -8,7 +8,9 @@ import { join } from "node:path";
 import { decodeEventMessage, deleteEventStream, type EventMessage } from "@keyledger/nats-bus";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
+import { sql } from "kysely";
 import { inject } from "vitest";
+import { connectTestDatabase } from "./database";
 
 /** The shared NATS server of this machine (JetStream on). Tests never reconfigure it: they use unique streams. */
 export const SHARED_NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
@@ -52,6 +54,24 @@ export function apiNatsOptions(stream: TestEventStream) {
     subjectPrefix: stream.subjectPrefix,
     relay: { databaseUrl: inject("databaseUrl") },
   };
+}
+
+/**
+ * Stores the API relay's checkpoint for `stream` at the end of the log as it is now (unless it has one), so the relay
+ * publishes what is appended from here on: the run's database holds every other test file's events, and
+ * republishing that history under the test's subjects would flood its subscribers.
+ */
+export async function startRelayAtLogHead(stream: TestEventStream): Promise<void> {
+  const admin = connectTestDatabase(1);
+  try {
+    await sql`
+      INSERT INTO checkpoints (name, transaction_id, global_position, updated_at)
+      SELECT ${`nats-relay:${stream.streamName}`}, transaction_id, global_position, now() FROM events
+       ORDER BY transaction_id DESC, global_position DESC LIMIT 1
+      ON CONFLICT (name) DO NOTHING`.execute(admin);
+  } finally {
+    await admin.destroy();
+  }
 }
 
 /** Every message in the stream whose subject matches `filter`, in stream order, with its event decoded. */

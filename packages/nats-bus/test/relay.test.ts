@@ -120,6 +120,34 @@ describe("event relay", () => {
     return messages.map((m) => m.event?.eventId ?? "?");
   }
 
+  /**
+   * The organization's events after `checkpointName` as the relay reads the log (commit-safe: it may wait for other
+   * test files' transactions to end), once all `count` are readable.
+   */
+  async function readableEvents(organizationId: string, checkpointName: string, count: number) {
+    let events: Awaited<ReturnType<typeof readAllAfter>> = [];
+    await until(async () => {
+      const all = await readAllAfter(db, await loadCheckpoint(db, checkpointName), 100_000);
+      events = all.filter((e) => (e.data as { organizationId?: string }).organizationId === organizationId);
+      return events.length === count;
+    }, "the appended events to be readable");
+    return events;
+  }
+
+  /** A core subscription to the organization's subjects, recording the event id of every message it receives. */
+  async function subscribeToOrganization(organizationId: string) {
+    const nc = link.connection;
+    if (!nc) throw new Error("not connected");
+    const seen: string[] = [];
+    const sub = nc.subscribe(organizationSubjectFilter(stream.subjectPrefix, organizationId), {
+      callback: (_error, msg) => {
+        seen.push((msg.json() as { eventId: string }).eventId);
+      },
+    });
+    await nc.flush();
+    return { nc, seen, sub };
+  }
+
   it("publishes every event of the log in commit order, once, and a republish is a duplicate", async () => {
     const org = uniqueId("org.with dots");
     const checkpointName = await checkpointAtHead(db);
@@ -194,24 +222,10 @@ describe("event relay", () => {
     const org = uniqueId("org.fast");
     const checkpointName = await checkpointAtHead(db);
     await appendKeys(org, 3);
-    // The log as the relay reads it (commit-safe: it may wait for other test files' transactions to end).
-    let events: Awaited<ReturnType<typeof readAllAfter>> = [];
-    await until(async () => {
-      const all = await readAllAfter(db, await loadCheckpoint(db, checkpointName), 100_000);
-      events = all.filter((e) => (e.data as { organizationId?: string }).organizationId === org);
-      return events.length === 3;
-    }, "the appended events to be readable");
+    const events = await readableEvents(org, checkpointName, 3);
     const publisher = new EventPublisher(link, { subjectPrefix: stream.subjectPrefix });
     // Seen by a core subscriber at once, without a PubAck.
-    const nc = link.connection;
-    if (!nc) throw new Error("not connected");
-    const seen: string[] = [];
-    const sub = nc.subscribe(organizationSubjectFilter(stream.subjectPrefix, org), {
-      callback: (_error, msg) => {
-        seen.push((msg.json() as { eventId: string }).eventId);
-      },
-    });
-    await nc.flush();
+    const { seen, sub } = await subscribeToOrganization(org);
     publisher.publishCommitted(events);
     await until(() => seen.length >= 3, "the fast-path messages");
     await until(async () => (await eventIdsInStream(org)).length >= 3, "the stream to store them");
@@ -234,21 +248,8 @@ describe("event relay", () => {
     const org = uniqueId("org.acked");
     const checkpointName = await checkpointAtHead(db);
     await appendKeys(org, 4);
-    let events: Awaited<ReturnType<typeof readAllAfter>> = [];
-    await until(async () => {
-      const all = await readAllAfter(db, await loadCheckpoint(db, checkpointName), 100_000);
-      events = all.filter((e) => (e.data as { organizationId?: string }).organizationId === org);
-      return events.length === 4;
-    }, "the appended events to be readable");
-    const nc = link.connection;
-    if (!nc) throw new Error("not connected");
-    const seen: string[] = [];
-    const sub = nc.subscribe(organizationSubjectFilter(stream.subjectPrefix, org), {
-      callback: (_error, msg) => {
-        seen.push((msg.json() as { eventId: string }).eventId);
-      },
-    });
-    await nc.flush();
+    const events = await readableEvents(org, checkpointName, 4);
+    const { nc, seen, sub } = await subscribeToOrganization(org);
     const fastPathPublishes = new FastPathPublishes();
     const publisher = new EventPublisher(link, { subjectPrefix: stream.subjectPrefix, fastPathPublishes });
     const relay = new EventRelay({
