@@ -167,16 +167,8 @@ export class EventPublisher {
   }
 
   private publishAcknowledged(event: RecordedEvent, fastPathPublishes: FastPathPublishes): void {
-    let acknowledgement: Promise<unknown>;
-    try {
-      acknowledgement = this.client().publish(
-        eventSubject(this.options.subjectPrefix, organizationOf(event), event.type),
-        encodeEventMessage(event),
-        { msgID: event.eventId, retries: 1 }, // one attempt (the relay is the retry)
-      );
-    } catch (error) {
-      acknowledgement = Promise.reject(error);
-    }
+    // The relay's own publish (one attempt: the relay is the retry), its acknowledgement kept for the relay.
+    const acknowledgement = this.publish(event);
     acknowledgement.catch((error: unknown) => {
       this.log.debug(
         { err: error, eventId: event.eventId },
