@@ -187,6 +187,10 @@ describe("rotation with a grace window", () => {
         both.then(settle, settle);
         // Bounded, so a rotation that failed without waiting shows up in the statuses below instead of a timeout.
         for (const deadline = Date.now() + 20_000; !settled && Date.now() < deadline; ) {
+          // pg_stat_activity is a snapshot taken at its first read in this transaction (PostgreSQL caches activity
+          // statistics per transaction): without clearing it, sessions the rotations open after that read never
+          // show up, and the wait runs until their statement timeout (503, 503).
+          await sql`SELECT pg_stat_clear_snapshot()`.execute(conn);
           const waiting = await sql<{ n: string }>`
             SELECT count(*) AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
               JOIN pg_stat_activity a ON a.pid = l.pid
