@@ -92,6 +92,18 @@ describe("rebuilding the api_keys projection from the log", () => {
     for (const type of ["KeyCreated", "KeyUsed", "KeyRevoked", "KeyRotated", "MemberAccessChanged", "MemberRemoved"]) {
       expect(types[type], `${type} in ${JSON.stringify(types)} (${JSON.stringify(stats)})`).toBeGreaterThan(0);
     }
+    expect(stats.byKind["use-as-read"], JSON.stringify(stats)).toBeGreaterThan(0);
+    // Every use names the key its stream held when it was appended, and none follows that key's revocation.
+    const misplacedUses = await sql<{ n: string }>`
+      SELECT count(*)::text AS n FROM events u
+       WHERE u.event_type = 'KeyUsed'
+         AND ((SELECT c.data->>'keyId' FROM events c
+                WHERE c.stream_id = u.stream_id AND c.event_type = 'KeyCreated' AND c.stream_version < u.stream_version
+                ORDER BY c.stream_version DESC LIMIT 1) IS DISTINCT FROM u.data->>'keyId'
+              OR EXISTS (SELECT 1 FROM events r
+                          WHERE r.stream_id = u.stream_id AND r.event_type = 'KeyRevoked'
+                            AND r.data->>'keyId' = u.data->>'keyId' AND r.stream_version < u.stream_version))`.execute(db);
+    expect(misplacedUses.rows[0]?.n).toBe("0");
     const live = await readModelRows(db);
     expect(live.apiKeys.length).toBeGreaterThan(10);
 

@@ -92,6 +92,21 @@ export async function writeKeyHistory(db: Kysely<unknown>, options: KeyHistoryOp
           );
         }
         if (roll < 0.55) {
+          if (roll < 0.42) {
+            // As the API's key-use recorder does: the row as a request read it, decided on after a pause in which
+            // other writers may change it.
+            kind = "use-as-read";
+            const read = await sql<Parameters<KeyCommands["recordKeyUsesAsRead"]>[0][number]["row"]>`
+              SELECT key_id, organization_id, user_id, name, key_hash, masked_value, permissions, created_at,
+                     expires_at, last_used_at, revoked_at, revoked_reason, previous_key_hash, previous_valid_until,
+                     rotated_at
+                FROM api_keys WHERE organization_id = ${org} AND user_id = ${user} AND name = ${name}
+               ORDER BY revoked_at IS NULL DESC, created_at DESC LIMIT 1`.execute(db);
+            const row = read.rows[0];
+            if (row === undefined) return 0;
+            await new Promise((resolve) => setTimeout(resolve, Math.floor(random() * 5)));
+            return commands.recordKeyUsesAsRead([{ row, context: context(org, user) }], 0);
+          }
           if (roll < 0.5) {
             kind = "use";
             return commands.recordKeyUses(

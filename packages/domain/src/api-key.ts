@@ -58,7 +58,11 @@ export type RotateKey = {
   };
 };
 
-export type RecordKeyUse = { type: "RecordKeyUse"; data: { usedAt: Date; throttleMs: number } };
+export type RecordKeyUse = {
+  type: "RecordKeyUse";
+  /** `keyId`: the key that was used, when known; a use of a key the name no longer holds records nothing. */
+  data: { usedAt: Date; throttleMs: number; keyId?: string };
+};
 
 export type ApiKeyCommand = CreateKey | RevokeKey | RotateKey | RecordKeyUse;
 
@@ -164,7 +168,8 @@ export function decideApiKey(command: ApiKeyCommand, state: ApiKeyState): KeyEve
     }
     case "RecordKeyUse": {
       if (state.status !== "active") return [];
-      const { usedAt, throttleMs } = command.data;
+      const { usedAt, throttleMs, keyId } = command.data;
+      if (keyId !== undefined && keyId !== state.keyId) return [];
       if (state.expiresAt !== null && Date.parse(state.expiresAt) <= usedAt.getTime()) return [];
       if (state.lastUsedAt !== null && usedAt.getTime() - Date.parse(state.lastUsedAt) < throttleMs) {
         return [];

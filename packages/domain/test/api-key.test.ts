@@ -317,6 +317,18 @@ describe("decideApiKey: RecordKeyUse", () => {
       .when(use(at(50)))
       .thenEvents([]);
   });
+  it("given the name now holds another key, records nothing for a use of the one it held before", () => {
+    const useOf = (keyId: string): ApiKeyCommand => ({
+      type: "RecordKeyUse",
+      data: { usedAt: at(3000), throttleMs: 10_000, keyId },
+    });
+    const recreated = [keyCreated(), keyRevoked(), keyCreated({ keyId: "key-2" })];
+    given(recreated).when(useOf("key-1")).thenEvents([]);
+    const [used] = given(recreated)
+      .when(useOf("key-2"))
+      .thenEvents([{ type: "KeyUsed" }]);
+    expect(used?.data.keyId).toBe("key-2");
+  });
 });
 
 describe("evolveApiKey", () => {

@@ -226,10 +226,46 @@ export type NewStreamsAppendOptions = {
  * when it was skipped (read the stream and decide again). Its text depends only on the options' texts, so it can
  * be prepared once.
  */
-export async function appendToNewStreamsInOneStatement<E extends KeyledgerEvent>(
+export function appendToNewStreamsInOneStatement<E extends KeyledgerEvent>(
   db: Kysely<unknown>,
   appends: readonly NewStreamAppend<E>[],
   options: NewStreamsAppendOptions = {},
+): Promise<(RecordedEvent<E> | undefined)[]> {
+  return appendOnePerStreamInOneStatement(db, appends, options, sql`1`);
+}
+
+/** One event appended after whatever its stream holds, for `appendAtStreamEndsInOneStatement`. */
+export type StreamEndAppend<E extends KeyledgerEvent = KeyledgerEvent> = NewStreamAppend<E>;
+
+/**
+ * Appends one event to the end of each of several streams in a single SQL statement — one round trip and
+ * one commit for all of them (outside a transaction it commits by itself). Each event takes the version after its
+ * stream's last as the statement sees it; an append whose stream gained an event concurrently (the version is
+ * taken) or that `onlyStreams` leaves out is skipped, never an error for the others. The caller's decision must
+ * rest on what `onlyStreams` re-checks (it may lock it, e.g. `FOR UPDATE`), since the stream itself is not read.
+ * A second append to the same stream in one call is skipped too. Returns, in the order given, each append's recorded
+ * event or `undefined` when it was skipped.
+ */
+export function appendAtStreamEndsInOneStatement<E extends KeyledgerEvent>(
+  db: Kysely<unknown>,
+  appends: readonly StreamEndAppend<E>[],
+  options: NewStreamsAppendOptions = {},
+): Promise<(RecordedEvent<E> | undefined)[]> {
+  return appendOnePerStreamInOneStatement(
+    db,
+    appends,
+    options,
+    sql`coalesce((SELECT max(e.stream_version) FROM events e WHERE e.stream_id = v.stream_id), 0) + 1`,
+  );
+}
+
+/** The statement of `appendToNewStreamsInOneStatement` and `appendAtStreamEndsInOneStatement`: `version` is the
+ * version each event takes, an expression over the appended row `v`. */
+async function appendOnePerStreamInOneStatement<E extends KeyledgerEvent>(
+  db: Kysely<unknown>,
+  appends: readonly NewStreamAppend<E>[],
+  options: NewStreamsAppendOptions,
+  version: RawBuilder<unknown>,
 ): Promise<(RecordedEvent<E> | undefined)[]> {
   if (appends.length === 0) return [];
   const rows = appends.map((append, n) => ({
@@ -246,7 +282,7 @@ export async function appendToNewStreamsInOneStatement<E extends KeyledgerEvent>
     ...(options.onlyStreams ? [sql`allowed AS (${options.onlyStreams})`] : []),
     sql`${sql.id(APPENDED_CTE)} AS (
       INSERT INTO events (event_id, stream_id, stream_version, event_type, data, metadata, occurred_at)
-      SELECT v.event_id, v.stream_id, 1, v.event_type, v.data, v.metadata, v.occurred_at
+      SELECT v.event_id, v.stream_id, ${version}, v.event_type, v.data, v.metadata, v.occurred_at
         FROM jsonb_to_recordset(${JSON.stringify(rows)}::jsonb)
              AS v(n integer, event_id uuid, stream_id text, event_type text, data jsonb, metadata jsonb,
                   occurred_at timestamptz)

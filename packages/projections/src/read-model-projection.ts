@@ -458,6 +458,19 @@ export function createOnlyReadModelWrites(
   });
 }
 
+/**
+ * The inline write of `KeyUsed` events appended in the same statement (`appended`: rows with the log's columns, e.g.
+ * the append's CTE; at most one `KeyUsed` per key): what `readModelChange` does with each — a later `usedAt` moves
+ * the key's `last_used_at`, an absent key or an earlier use changes nothing — as one UPDATE. Rows of other event
+ * types are left alone.
+ */
+export function keyUsedReadModelWrite(appended: RawBuilder<unknown>): RawBuilder<unknown> {
+  return sql`UPDATE api_keys AS t SET last_used_at = (a.data->>'usedAt')::timestamptz
+               FROM ${appended} AS a
+              WHERE a.event_type = 'KeyUsed' AND t.key_id = (a.data->>'keyId')::uuid
+                AND (t.last_used_at IS NULL OR t.last_used_at < (a.data->>'usedAt')::timestamptz)`;
+}
+
 const pkSelect = (table: ReadModelTable, alias: string) =>
   sql.join(table.primaryKey.map((column) => sql.ref(`${alias}.${column}`)));
 

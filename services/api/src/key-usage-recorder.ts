@@ -7,14 +7,15 @@ const DEFAULT_BATCH_WINDOW_MS = 50;
 /** Most uses written in one transaction. */
 const MAX_BATCH = 500;
 
-type PendingUse = { key: { organizationId: string; userId: string; name: string }; context: CommandContext };
+/** A use, with the key's read-model row as the request read it (the use is decided on it). */
+type PendingUse = { row: ApiKeyRow; context: CommandContext };
 
 /**
  * Records successful API-key uses as `KeyUsed`, off the request path, at most once per key per throttle window.
- * Uses are collected for up to `batchWindowMs` and written together (`recordKeyUses`: one transaction with a fixed
- * number of statements), so a stream of first uses (a gateway's cold cache, many keys) costs the database a few
- * statements per batch rather than a transaction per key. The domain decides the throttle (so replicas agree);
- * this only avoids asking when the answer is known.
+ * Uses are collected for up to `batchWindowMs` and written together (`recordKeyUsesAsRead`: one statement for the
+ * batch, decided on the rows the requests read), so a stream of first uses (a gateway's cold cache, many keys)
+ * costs the database one statement per batch rather than a transaction per key. The domain decides the throttle
+ * (so replicas agree); this only avoids asking when the answer is known.
  */
 export class KeyUsageRecorder {
   /** Keys waiting for the next batch, by key id: the first use in a window is the one the throttle keeps. */
@@ -37,7 +38,7 @@ export class KeyUsageRecorder {
     if (this.queued.has(key.key_id) || this.writing.has(key.key_id)) return;
     const now = new Date(nowMs);
     this.queued.set(key.key_id, {
-      key: { organizationId: key.organization_id, userId: key.user_id, name: key.name },
+      row: key,
       context: {
         now,
         metadata: { actorUserId: key.user_id, organizationId: key.organization_id, authMethod: "api_key", requestId },
@@ -57,7 +58,7 @@ export class KeyUsageRecorder {
     // One batch at a time: the next waits for this one, so a key is never in two transactions at once.
     this.inFlight = this.inFlight.then(async () => {
       try {
-        await this.commands.recordKeyUses([...batch.values()], this.throttleMs);
+        await this.commands.recordKeyUsesAsRead([...batch.values()], this.throttleMs);
       } catch (error) {
         this.log.warn({ err: error, keys: batch.size }, "could not record key uses");
       } finally {

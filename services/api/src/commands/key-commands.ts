@@ -25,6 +25,7 @@ import {
   APPENDED_CTE,
   AppendNotifier,
   type AppendNotifierOptions,
+  appendAtStreamEndsInOneStatement,
   appendToStream,
   appendToStreamInOneStatement,
   appendToStreams,
@@ -38,12 +39,13 @@ import {
   applyEventsToReadModel,
   applyToReadModel,
   createOnlyReadModelWrites,
+  keyUsedReadModelWrite,
   type ReadModelTables,
 } from "@keyledger/projections";
 import { type Kysely, sql } from "kysely";
 import { isRetryableConflict } from "../database-errors";
 import { invalidAuthContext } from "../http-errors";
-import { findMember } from "../read-model-queries";
+import { type ApiKeyRow, findMember } from "../read-model-queries";
 import { NewKeyBatches } from "./new-key-batches";
 
 const MAX_ATTEMPTS = 5;
@@ -62,6 +64,52 @@ type Db = Kysely<unknown>;
 function apiKeyState(events: readonly RecordedEvent[], lastUse: KeyUsed["data"] | undefined): ApiKeyState {
   const state = events.reduce((s, e) => evolveApiKey(s, e as KeyEvent), initialApiKeyState);
   return lastUse && state.status !== "absent" ? evolveApiKey(state, { type: "KeyUsed", data: lastUse }) : state;
+}
+
+/**
+ * A key's state as its read-model row shows it. The row is what the key's stream folds into for the fields a
+ * decision reads (it is written in the transaction of every event of the key), so a decision on it is the decision
+ * on the stream, as long as the row has not changed since it was read.
+ */
+function apiKeyStateOfRow(row: ApiKeyRow): ApiKeyState {
+  const iso = (date: Date | null) => date?.toISOString() ?? null;
+  return {
+    status: row.revoked_at === null ? "active" : "revoked",
+    keyId: row.key_id,
+    organizationId: row.organization_id,
+    userId: row.user_id,
+    name: row.name,
+    keyHash: row.key_hash,
+    previousKeyHash: row.previous_key_hash,
+    previousValidUntil: iso(row.previous_valid_until),
+    permissions: row.permissions as Permission[],
+    createdAt: row.created_at.toISOString(),
+    expiresAt: iso(row.expires_at),
+    lastUsedAt: iso(row.last_used_at),
+  };
+}
+
+/**
+ * The keys whose read-model row still says what their use was decided on (live, same expiry, same last use),
+ * locked `FOR UPDATE` until the statement commits: a concurrent revocation, rotation or use of the key either waits
+ * for this one (and then sees its `KeyUsed`) or commits first, and then the use is skipped here and decided again
+ * on the key's stream.
+ */
+function keysUnchanged(uses: readonly { streamId: string; row: ApiKeyRow }[]) {
+  const decidedOn = uses.map(({ streamId, row }) => ({
+    stream_id: streamId,
+    key_id: row.key_id,
+    expires_at: row.expires_at?.toISOString() ?? null,
+    last_used_at: row.last_used_at?.toISOString() ?? null,
+  }));
+  return sql`SELECT d.stream_id
+               FROM jsonb_to_recordset(${JSON.stringify(decidedOn)}::jsonb)
+                    AS d(stream_id text, key_id uuid, expires_at timestamptz, last_used_at timestamptz)
+               JOIN api_keys k
+                 ON k.key_id = d.key_id AND k.revoked_at IS NULL
+                AND k.expires_at IS NOT DISTINCT FROM d.expires_at AND k.last_used_at IS NOT DISTINCT FROM d.last_used_at
+              ORDER BY k.key_id
+                FOR UPDATE OF k`;
 }
 
 /** A key's state for decisions other than a use (no `KeyUsed` read: only the use throttle needs the last one). */
@@ -322,7 +370,11 @@ export class KeyCommands {
    * `KeyUsed` events are appended together with their read-model changes. Returns how many were appended.
    */
   recordKeyUses(
-    uses: readonly { key: { organizationId: string; userId: string; name: string }; context: CommandContext }[],
+    uses: readonly {
+      /** `keyId`, when given: the key that was used (nothing is recorded if the name holds another key now). */
+      key: { organizationId: string; userId: string; name: string; keyId?: string };
+      context: CommandContext;
+    }[],
     throttleMs: number,
   ): Promise<number> {
     return this.run(async (trx, appended) => {
@@ -331,11 +383,14 @@ export class KeyCommands {
       const lastUses = await lastKeyUses(trx, streamIds);
       const appends: StreamAppend[] = [];
       const appending = new Set<string>();
-      uses.forEach(({ context }, i) => {
+      uses.forEach(({ key, context }, i) => {
         const streamId = streamIds[i] as string;
         const read = reads.get(streamId) ?? { version: 0, events: [] };
         const state = apiKeyState(read.events, lastUses.get(streamId));
-        const events = decideApiKey({ type: "RecordKeyUse", data: { usedAt: context.now, throttleMs } }, state);
+        const events = decideApiKey(
+          { type: "RecordKeyUse", data: { usedAt: context.now, throttleMs, keyId: key.keyId } },
+          state,
+        );
         if (events.length > 0 && !appending.has(streamId)) {
           appending.add(streamId);
           appends.push({
@@ -352,6 +407,62 @@ export class KeyCommands {
       appended.push(...recorded);
       return recorded.length;
     });
+  }
+
+  /**
+   * Records uses of keys as the request that used each read its read-model row (the API's key-use recorder): the
+   * domain decides each use on the row, and one statement appends the resulting `KeyUsed` events with their
+   * read-model change, each only if its row has not changed since it was read (`keysUnchanged`), and commits. A
+   * use whose row changed (revoked, rotated, used through another replica) is decided again on its stream by
+   * `recordKeyUses`. Against `recordKeyUses` for every use: one round trip instead of eight, and no reads of the
+   * streams (1,000,000 keys, batches of 50 cold keys: a batch took 23 ms of transaction before). Returns how many
+   * were appended.
+   */
+  async recordKeyUsesAsRead(
+    uses: readonly { row: ApiKeyRow; context: CommandContext }[],
+    throttleMs: number,
+  ): Promise<number> {
+    const decided: { streamId: string; row: ApiKeyRow; event: KeyUsed; context: CommandContext }[] = [];
+    const deciding = new Set<string>();
+    for (const { row, context } of uses) {
+      const streamId = keyStreamId(row.organization_id, row.user_id, row.name);
+      if (deciding.has(streamId)) continue;
+      deciding.add(streamId);
+      const [event] = decideApiKey(
+        { type: "RecordKeyUse", data: { usedAt: context.now, throttleMs, keyId: row.key_id } },
+        apiKeyStateOfRow(row),
+      );
+      if (event !== undefined) decided.push({ streamId, row, event: event as KeyUsed, context });
+    }
+    let recorded: (RecordedEvent | undefined)[];
+    try {
+      recorded = await appendAtStreamEndsInOneStatement(
+        this.db,
+        decided.map(({ streamId, event, context }) => ({
+          streamId,
+          event,
+          metadata: context.metadata,
+          occurredAt: context.now,
+        })),
+        { onlyStreams: keysUnchanged(decided), alsoWrite: [keyUsedReadModelWrite(sql.id(APPENDED_CTE))] },
+      );
+    } catch (error) {
+      // A deadlock or serialization failure wrote nothing: every use is decided again on its stream.
+      if (!isRetryableConflict(error)) throw error;
+      recorded = decided.map(() => undefined);
+    }
+    const appended = recorded.filter((event): event is RecordedEvent => event !== undefined);
+    this.committed(appended);
+    const skipped = decided.filter((_, i) => recorded[i] === undefined);
+    if (skipped.length === 0) return appended.length;
+    const again = await this.recordKeyUses(
+      skipped.map(({ row, context }) => ({
+        key: { organizationId: row.organization_id, userId: row.user_id, name: row.name, keyId: row.key_id },
+        context,
+      })),
+      throttleMs,
+    );
+    return appended.length + again;
   }
 
   /**
