@@ -231,7 +231,18 @@ describe("recordKeyUsesAsRead: uses decided on the rows their requests read, in 
     ]);
     for (const use of recorded) expect(use.key_id).toBe(read[use.name]?.key_id);
     expect(await lastUsedAt((read.revoked as UseAsRead["row"]).key_id)).toBeNull();
-    expect(await lastUsedAt((await rowOf(org, user, "recreated")).key_id)).toBeNull();
+    const successor = await rowOf(org, user, "recreated");
+    expect(await lastUsedAt(successor.key_id)).toBeNull();
+
+    // The revoked key's row and its successor's in one batch: the successor's use is recorded.
+    const both = [read.recreated, successor].map((row) => ({
+      row: row as UseAsRead["row"],
+      context: context(org, user, usedAt),
+    }));
+    expect(await commands.recordKeyUsesAsRead(both, 60_000)).toBe(1);
+    expect((await usesOf(org)).filter((use) => use.name === "recreated")).toEqual([
+      { name: "recreated", stream_version: 4, key_id: successor.key_id, used_at: usedAt.toISOString() },
+    ]);
     expect(await lastUsedAt((read.rotated as UseAsRead["row"]).key_id)).toBe(usedAt.toISOString());
   });
 

@@ -102,7 +102,9 @@ describe("rebuilding the api_keys projection from the log", () => {
                 ORDER BY c.stream_version DESC LIMIT 1) IS DISTINCT FROM u.data->>'keyId'
               OR EXISTS (SELECT 1 FROM events r
                           WHERE r.stream_id = u.stream_id AND r.event_type = 'KeyRevoked'
-                            AND r.data->>'keyId' = u.data->>'keyId' AND r.stream_version < u.stream_version))`.execute(db);
+                            AND r.data->>'keyId' = u.data->>'keyId' AND r.stream_version < u.stream_version))`.execute(
+      db,
+    );
     expect(misplacedUses.rows[0]?.n).toBe("0");
     const live = await readModelRows(db);
     expect(live.apiKeys.length).toBeGreaterThan(10);

@@ -415,8 +415,7 @@ export class KeyCommands {
    * read-model change, each only if its row has not changed since it was read (`keysUnchanged`), and commits. A
    * use whose row changed (revoked, rotated, used through another replica) is decided again on its stream by
    * `recordKeyUses`. Against `recordKeyUses` for every use: one round trip instead of eight, and no reads of the
-   * streams (1,000,000 keys, batches of 50 cold keys: a batch took 23 ms of transaction before). Returns how many
-   * were appended.
+   * streams (1,000,000 keys, batches of 50 first uses: 11.8 ms against 20.1 ms). Returns how many were appended.
    */
   async recordKeyUsesAsRead(
     uses: readonly { row: ApiKeyRow; context: CommandContext }[],
@@ -424,15 +423,21 @@ export class KeyCommands {
   ): Promise<number> {
     const decided: { streamId: string; row: ApiKeyRow; event: KeyUsed; context: CommandContext }[] = [];
     const deciding = new Set<string>();
+    const sharingAStream: { row: ApiKeyRow; context: CommandContext }[] = [];
     for (const { row, context } of uses) {
       const streamId = keyStreamId(row.organization_id, row.user_id, row.name);
-      if (deciding.has(streamId)) continue;
-      deciding.add(streamId);
       const [event] = decideApiKey(
         { type: "RecordKeyUse", data: { usedAt: context.now, throttleMs, keyId: row.key_id } },
         apiKeyStateOfRow(row),
       );
-      if (event !== undefined) decided.push({ streamId, row, event: event as KeyUsed, context });
+      if (event === undefined) continue;
+      // The statement's guard is per stream: a second key of the same stream (a revoked key's name now held by
+      // another) is decided on the stream instead.
+      if (deciding.has(streamId)) sharingAStream.push({ row, context });
+      else {
+        deciding.add(streamId);
+        decided.push({ streamId, row, event: event as KeyUsed, context });
+      }
     }
     let recorded: (RecordedEvent | undefined)[];
     try {
@@ -453,7 +458,7 @@ export class KeyCommands {
     }
     const appended = recorded.filter((event): event is RecordedEvent => event !== undefined);
     this.committed(appended);
-    const skipped = decided.filter((_, i) => recorded[i] === undefined);
+    const skipped = [...decided.filter((_, i) => recorded[i] === undefined), ...sharingAStream];
     if (skipped.length === 0) return appended.length;
     const again = await this.recordKeyUses(
       skipped.map(({ row, context }) => ({
