@@ -4,7 +4,7 @@ import type { ApiKeyRow } from "./read-model-queries";
 
 /** Longest a use waits before its batch is written. */
 const DEFAULT_BATCH_WINDOW_MS = 50;
-/** Most uses written in one transaction. */
+/** Most uses written together. */
 const MAX_BATCH = 500;
 
 /** A use, with the key's read-model row as the request read it (the use is decided on it). */
