@@ -11,6 +11,11 @@ import type { ApiKeyRow } from "./read-model-queries";
 const DEFAULT_BATCH_WINDOW_MS = 15;
 /** Most uses written together. */
 const MAX_BATCH = 500;
+/** After a batch fails (Postgres unreachable, a timeout), its uses are tried again this long later, doubling. */
+const FIRST_RETRY_DELAY_MS = 250;
+const MAX_RETRY_DELAY_MS = 10_000;
+/** Most uses held while Postgres cannot take them; later uses beyond this are not recorded (and counted). */
+const MAX_HELD_USES = 50_000;
 
 /** A use, with the key's read-model row as the request read it (the use is decided on it). */
 type PendingUse = { row: ApiKeyRow; context: CommandContext };
@@ -21,6 +26,10 @@ type PendingUse = { row: ApiKeyRow; context: CommandContext };
  * batch, decided on the rows the requests read), so a stream of first uses (a gateway's cold cache, many keys)
  * costs the database one statement per batch rather than a transaction per key. The domain decides the throttle
  * (so replicas agree); this only avoids asking when the answer is known.
+ *
+ * A batch that fails is not lost: its uses are held (up to `maxHeldUses`) and tried again with a growing delay,
+ * each at the time it happened, so a Postgres outage delays `KeyUsed` rather than dropping it. A use held across
+ * a change of its key (revoked, used through another replica meanwhile) is decided again on the key's stream.
  */
 export class KeyUsageRecorder {
   /** Keys waiting for the next batch, by key id: the first use in a window is the one the throttle keeps. */
@@ -29,18 +38,27 @@ export class KeyUsageRecorder {
   private writing = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private inFlight: Promise<void> = Promise.resolve();
+  /** While batches fail: how long until the next try (0: the last batch was written). */
+  private retryDelayMs = 0;
+  /** Uses not recorded because `maxHeldUses` were already held, since the last warning. */
+  private notHeld = 0;
+  private closing = false;
 
   constructor(
     private readonly commands: KeyCommands,
     private readonly throttleMs: number,
     private readonly log: FastifyBaseLogger,
-    private readonly batchWindowMs = DEFAULT_BATCH_WINDOW_MS,
+    private readonly options: { batchWindowMs?: number; maxHeldUses?: number; firstRetryDelayMs?: number } = {},
   ) {}
 
   record(key: ApiKeyRow, requestId: string | null): void {
     const nowMs = Date.now();
     if (key.last_used_at !== null && nowMs - key.last_used_at.getTime() < this.throttleMs) return;
     if (this.queued.has(key.key_id) || this.writing.has(key.key_id)) return;
+    if (this.queued.size >= (this.options.maxHeldUses ?? MAX_HELD_USES)) {
+      this.notHeld += 1;
+      return;
+    }
     const now = new Date(nowMs);
     this.queued.set(key.key_id, {
       row: key,
@@ -49,32 +67,74 @@ export class KeyUsageRecorder {
         metadata: { actorUserId: key.user_id, organizationId: key.organization_id, authMethod: "api_key", requestId },
       },
     });
-    if (this.queued.size >= MAX_BATCH) this.writeBatch();
-    else this.timer ??= setTimeout(() => this.writeBatch(), this.batchWindowMs);
+    if (this.queued.size >= MAX_BATCH && this.retryDelayMs === 0) void this.writeBatch();
+    else this.schedule();
   }
 
-  private writeBatch(): void {
+  private schedule(): void {
+    if (this.closing || this.queued.size === 0) return;
+    this.timer ??= setTimeout(
+      () => void this.writeBatch(),
+      this.retryDelayMs || (this.options.batchWindowMs ?? DEFAULT_BATCH_WINDOW_MS),
+    );
+  }
+
+  /** Writes the oldest `MAX_BATCH` queued uses; resolves whether they were written. */
+  private writeBatch(): Promise<boolean> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.queued.size === 0) return;
-    const batch = this.queued;
-    this.queued = new Map();
-    for (const keyId of batch.keys()) this.writing.add(keyId);
+    if (this.queued.size === 0) return Promise.resolve(true);
+    const batch = new Map<string, PendingUse>();
+    for (const [keyId, use] of this.queued) {
+      if (batch.size >= MAX_BATCH) break;
+      batch.set(keyId, use);
+    }
+    for (const keyId of batch.keys()) {
+      this.queued.delete(keyId);
+      this.writing.add(keyId);
+    }
     // One batch at a time: the next waits for this one, so a key is never in two transactions at once.
-    this.inFlight = this.inFlight.then(async () => {
+    const written = this.inFlight.then(async () => {
       try {
         await this.commands.recordKeyUsesAsRead([...batch.values()], this.throttleMs);
+        this.retryDelayMs = 0;
+        return true;
       } catch (error) {
-        this.log.warn({ err: error, keys: batch.size }, "could not record key uses");
+        this.retryDelayMs = Math.min(
+          MAX_RETRY_DELAY_MS,
+          this.retryDelayMs === 0 ? (this.options.firstRetryDelayMs ?? FIRST_RETRY_DELAY_MS) : this.retryDelayMs * 2,
+        );
+        // Held ahead of later uses of the same keys: the earliest use in a throttle window is the one recorded.
+        this.queued = new Map([...batch, ...[...this.queued].filter(([keyId]) => !batch.has(keyId))]);
+        this.log.warn(
+          { err: error, keys: batch.size, held: this.queued.size, retryInMs: this.closing ? null : this.retryDelayMs },
+          this.closing ? "could not record key uses" : "could not record key uses; holding them to try again",
+        );
+        return false;
       } finally {
         for (const keyId of batch.keys()) this.writing.delete(keyId);
+        if (this.notHeld > 0) {
+          this.log.warn({ uses: this.notHeld }, "key uses not recorded: too many held while the database failed");
+          this.notHeld = 0;
+        }
+        this.schedule();
       }
     });
+    this.inFlight = written.then(() => undefined);
+    return written;
   }
 
-  /** Writes what is queued and waits for every pending `KeyUsed` append (used on shutdown). */
+  /** Writes what is queued and waits for every pending `KeyUsed` append (on shutdown: one try, no retries). */
   async flush(): Promise<void> {
-    this.writeBatch();
+    this.closing = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
     await this.inFlight;
+    while (this.queued.size > 0) {
+      if (!(await this.writeBatch())) {
+        this.log.warn({ uses: this.queued.size }, "key uses not recorded: the database failed during shutdown");
+        return;
+      }
+    }
   }
 }

@@ -1,0 +1,97 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import type { FastifyBaseLogger } from "fastify";
+import { describe, expect, it } from "vitest";
+import type { KeyCommands } from "../src/commands/key-commands";
+import { KeyUsageRecorder } from "../src/key-usage-recorder";
+import type { ApiKeyRow } from "../src/read-model-queries";
+
+/** A database that fails until `up` is set, and keeps what it was asked to write. */
+function flakyCommands() {
+  const state = { up: false, attempts: 0, written: [] as { keyId: string; usedAt: Date }[] };
+  const commands = {
+    async recordKeyUsesAsRead(uses: { row: ApiKeyRow; context: { now: Date } }[]) {
+      state.attempts += 1;
+      if (!state.up) throw new Error("connection refused");
+      for (const use of uses) state.written.push({ keyId: use.row.key_id, usedAt: use.context.now });
+    },
+  };
+  return { state, commands: commands as unknown as KeyCommands };
+}
+
+function captureLog() {
+  const warnings: { fields: Record<string, unknown>; message: string }[] = [];
+  const log = {
+    warn: (fields: Record<string, unknown>, message: string) => warnings.push({ fields, message }),
+  } as unknown as FastifyBaseLogger;
+  return { warnings, log };
+}
+
+async function until(what: string, condition: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+const row = (keyId: string): ApiKeyRow =>
+  ({ key_id: keyId, organization_id: "org", user_id: "user", last_used_at: null }) as unknown as ApiKeyRow;
+
+describe("KeyUsageRecorder when the database fails", () => {
+  it("holds failed uses, tries again with a growing delay, and records each once with its own time", async () => {
+    const { state, commands } = flakyCommands();
+    const { warnings, log } = captureLog();
+    const recorder = new KeyUsageRecorder(commands, 10_000, log, { batchWindowMs: 5, firstRetryDelayMs: 20 });
+    recorder.record(row("a"), null);
+    recorder.record(row("b"), null);
+    const usedBefore = Date.now();
+    await until("three tries", () => state.attempts >= 3); // at about 5, 25 and 65 ms
+    expect(warnings.slice(0, 3).map((w) => [w.fields.keys, w.fields.retryInMs])).toEqual([
+      [2, 20],
+      [2, 40],
+      [2, 80],
+    ]);
+    // A later use of a held key is not a second use: the earliest in the window is the one recorded.
+    recorder.record(row("a"), null);
+    recorder.record(row("c"), null);
+    state.up = true;
+    await until("the held uses", () => state.written.length >= 3);
+    await sleep(50);
+    expect(state.written.map((w) => w.keyId).sort()).toEqual(["a", "b", "c"]);
+    const a = state.written.find((w) => w.keyId === "a");
+    expect(a?.usedAt.getTime()).toBeLessThanOrEqual(usedBefore);
+    await recorder.flush();
+  });
+
+  it("holds at most maxHeldUses, counts the rest in one warning, and records the held ones", async () => {
+    const { state, commands } = flakyCommands();
+    const { warnings, log } = captureLog();
+    const recorder = new KeyUsageRecorder(commands, 10_000, log, {
+      batchWindowMs: 5,
+      firstRetryDelayMs: 30,
+      maxHeldUses: 5,
+    });
+    for (let i = 0; i < 12; i++) recorder.record(row(`k${i}`), null);
+    await until("the warning", () => warnings.some((w) => w.message.startsWith("key uses not recorded")));
+    expect(warnings.find((w) => w.message.startsWith("key uses not recorded"))?.fields.uses).toBe(7);
+    state.up = true;
+    await recorder.flush();
+    expect(state.written.map((w) => w.keyId)).toEqual(["k0", "k1", "k2", "k3", "k4"]);
+  });
+
+  it("on shutdown gives held uses one more try, and says how many were not recorded", async () => {
+    const { state, commands } = flakyCommands();
+    const { warnings, log } = captureLog();
+    const recorder = new KeyUsageRecorder(commands, 10_000, log, { batchWindowMs: 5, firstRetryDelayMs: 10_000 });
+    recorder.record(row("a"), null);
+    recorder.record(row("b"), null);
+    await until("the first try", () => state.attempts === 1);
+    const attempts = state.attempts;
+    await recorder.flush();
+    expect(state.attempts).toBe(attempts + 1);
+    expect(warnings.at(-1)).toEqual({
+      fields: { uses: 2 },
+      message: "key uses not recorded: the database failed during shutdown",
+    });
+  });
+});
