@@ -72,7 +72,8 @@ export class KeyUsageRecorder {
   }
 
   private schedule(): void {
-    if (this.closing || this.queued.size === 0) return;
+    // Once shutting down, failed uses are not tried again (`flush` gave them their last try).
+    if (this.queued.size === 0 || (this.closing && this.retryDelayMs > 0)) return;
     this.timer ??= setTimeout(
       () => void this.writeBatch(),
       this.retryDelayMs || (this.options.batchWindowMs ?? DEFAULT_BATCH_WINDOW_MS),
@@ -104,8 +105,9 @@ export class KeyUsageRecorder {
           MAX_RETRY_DELAY_MS,
           this.retryDelayMs === 0 ? (this.options.firstRetryDelayMs ?? FIRST_RETRY_DELAY_MS) : this.retryDelayMs * 2,
         );
-        // Held ahead of later uses of the same keys: the earliest use in a throttle window is the one recorded.
-        this.queued = new Map([...batch, ...[...this.queued].filter(([keyId]) => !batch.has(keyId))]);
+        // Held first: they are older than anything queued meanwhile (which holds none of their keys: a key being
+        // written is not queued again).
+        this.queued = new Map([...batch, ...this.queued]);
         this.log.warn(
           { err: error, keys: batch.size, held: this.queued.size, retryInMs: this.closing ? null : this.retryDelayMs },
           this.closing ? "could not record key uses" : "could not record key uses; holding them to try again",
