@@ -45,6 +45,29 @@ export async function findApiKeyByHash(db: Kysely<unknown>, keyHash: string): Pr
 }
 
 /**
+ * `findApiKeyByHash` for many hashes in one statement (gateways' key-use reports): each hash to the key whose
+ * current value, or else previous value, has it. Two index lookups per hash, as there.
+ */
+export async function findApiKeysByHashes(
+  db: Kysely<unknown>,
+  keyHashes: readonly string[],
+): Promise<Map<string, ApiKeyRow>> {
+  const found = new Map<string, ApiKeyRow>();
+  if (keyHashes.length === 0) return found;
+  const hashes = [...new Set(keyHashes)];
+  const result = await sql<ApiKeyRow & { matched_hash: string; current_value: boolean }>`${sql.raw(PREPARED_STATEMENT)}
+    SELECT ${sql.raw(API_KEY_COLUMNS)}, key_hash AS matched_hash, true AS current_value
+      FROM api_keys WHERE key_hash = ANY(${hashes}::text[])
+    UNION ALL
+    SELECT ${sql.raw(API_KEY_COLUMNS)}, previous_key_hash AS matched_hash, false AS current_value
+      FROM api_keys WHERE previous_key_hash = ANY(${hashes}::text[])`.execute(db);
+  for (const { matched_hash, current_value, ...row } of result.rows) {
+    if (current_value || !found.has(matched_hash)) found.set(matched_hash, row);
+  }
+  return found;
+}
+
+/**
  * When the value with `keyHash` stops working: the key's expiry for its current value, the end of the grace
  * period for a rotated-out value. `undefined` means it is not valid now (revoked, expired, grace over).
  */
