@@ -1,5 +1,7 @@
+import { StreamVersionConflict } from "@keyledger/event-store";
 import type { FastifyBaseLogger } from "fastify";
 import type { CommandContext, KeyCommands } from "./commands/key-commands";
+import { isDatabaseUnavailable, isRetryableConflict } from "./database-errors";
 import type { ApiKeyRow } from "./read-model-queries";
 
 /**
@@ -11,7 +13,10 @@ import type { ApiKeyRow } from "./read-model-queries";
 const DEFAULT_BATCH_WINDOW_MS = 15;
 /** Most uses written together. */
 const MAX_BATCH = 500;
-/** After a batch fails (Postgres unreachable, a timeout), its uses are tried again this long later, doubling. */
+/**
+ * After a batch fails because Postgres cannot take it now (unreachable, a timeout, a conflict that outlived the
+ * command's own retries), its uses are tried again this long later, doubling.
+ */
 const FIRST_RETRY_DELAY_MS = 250;
 const MAX_RETRY_DELAY_MS = 10_000;
 /** Most uses held while Postgres cannot take them; later uses beyond this are not recorded (and counted). */
@@ -27,8 +32,9 @@ type PendingUse = { row: ApiKeyRow; context: CommandContext };
  * costs the database one statement per batch rather than a transaction per key. The domain decides the throttle
  * (so replicas agree); this only avoids asking when the answer is known.
  *
- * A batch that fails is not lost: its uses are held (up to `maxHeldUses`) and tried again with a growing delay,
- * each at the time it happened, so a Postgres outage delays `KeyUsed` rather than dropping it. A use held across
+ * A batch that fails because the database cannot take it now is not lost: its uses are held (up to `maxHeldUses`)
+ * and tried again with a growing delay, each at the time it happened, so a Postgres outage delays `KeyUsed` rather
+ * than dropping it (any other failure drops the batch, logged as an error, so that it cannot block the next ones). A use held across
  * a change of its key (revoked, used through another replica meanwhile) is decided again on the key's stream.
  */
 export class KeyUsageRecorder {
@@ -80,7 +86,7 @@ export class KeyUsageRecorder {
     );
   }
 
-  /** Writes the oldest `MAX_BATCH` queued uses; resolves whether they were written. */
+  /** Writes the oldest `MAX_BATCH` queued uses; resolves false when they are held to be tried again. */
   private writeBatch(): Promise<boolean> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
@@ -101,6 +107,12 @@ export class KeyUsageRecorder {
         this.retryDelayMs = 0;
         return true;
       } catch (error) {
+        // Anything but "not now" (a bug, a constraint) would fail again: those uses are dropped, as a batch must
+        // not stop every later one.
+        if (!isDatabaseUnavailable(error) && !isRetryableConflict(error) && !(error instanceof StreamVersionConflict)) {
+          this.log.error({ err: error, keys: batch.size }, "could not record key uses; dropped");
+          return true;
+        }
         this.retryDelayMs = Math.min(
           MAX_RETRY_DELAY_MS,
           this.retryDelayMs === 0 ? (this.options.firstRetryDelayMs ?? FIRST_RETRY_DELAY_MS) : this.retryDelayMs * 2,

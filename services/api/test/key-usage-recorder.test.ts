@@ -5,13 +5,19 @@ import type { KeyCommands } from "../src/commands/key-commands";
 import { KeyUsageRecorder } from "../src/key-usage-recorder";
 import type { ApiKeyRow } from "../src/read-model-queries";
 
-/** A database that fails until `up` is set, and keeps what it was asked to write. */
+/** A database that is unreachable until `up` is set (or fails with `bug`), and keeps what it was asked to write. */
 function flakyCommands() {
-  const state = { up: false, attempts: 0, written: [] as { keyId: string; usedAt: Date }[] };
+  const state = {
+    up: false,
+    bug: undefined as Error | undefined,
+    attempts: 0,
+    written: [] as { keyId: string; usedAt: Date }[],
+  };
   const commands = {
     async recordKeyUsesAsRead(uses: { row: ApiKeyRow; context: { now: Date } }[]) {
       state.attempts += 1;
-      if (!state.up) throw new Error("connection refused");
+      if (state.bug) throw state.bug;
+      if (!state.up) throw Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5432"), { code: "ECONNREFUSED" });
       for (const use of uses) state.written.push({ keyId: use.row.key_id, usedAt: use.context.now });
     },
   };
@@ -20,10 +26,12 @@ function flakyCommands() {
 
 function captureLog() {
   const warnings: { fields: Record<string, unknown>; message: string }[] = [];
+  const errors: { fields: Record<string, unknown>; message: string }[] = [];
   const log = {
     warn: (fields: Record<string, unknown>, message: string) => warnings.push({ fields, message }),
+    error: (fields: Record<string, unknown>, message: string) => errors.push({ fields, message }),
   } as unknown as FastifyBaseLogger;
-  return { warnings, log };
+  return { warnings, errors, log };
 }
 
 async function until(what: string, condition: () => boolean, timeoutMs = 5_000): Promise<void> {
@@ -93,5 +101,24 @@ describe("KeyUsageRecorder when the database fails", () => {
       fields: { uses: 2 },
       message: "key uses not recorded: the database failed during shutdown",
     });
+  });
+
+  it("drops a batch that fails for another reason (it would fail again), and goes on with the next ones", async () => {
+    const { state, commands } = flakyCommands();
+    const { warnings, errors, log } = captureLog();
+    const recorder = new KeyUsageRecorder(commands, 10_000, log, { batchWindowMs: 5, firstRetryDelayMs: 20 });
+    state.bug = Object.assign(new Error("null value in column violates not-null constraint"), { code: "23502" });
+    recorder.record(row("a"), null);
+    await until("the failed try", () => errors.length === 1);
+    expect(errors[0]?.message).toBe("could not record key uses; dropped");
+    state.bug = undefined;
+    state.up = true;
+    recorder.record(row("b"), null);
+    await until("the next batch", () => state.written.length === 1);
+    await sleep(60);
+    expect(state.written.map((w) => w.keyId)).toEqual(["b"]);
+    expect(state.attempts).toBe(2);
+    expect(warnings).toEqual([]);
+    await recorder.flush();
   });
 });
