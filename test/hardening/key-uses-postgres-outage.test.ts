@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
 import { apiNatsOptions, startRelayAtLogHead, type TestEventStream, testEventStream } from "../support/nats";
 import { TcpProxy } from "../support/tcp-proxy";
+import { until } from "../support/until";
 
 /**
  * A key used while Postgres is unreachable: the API answers from its verifier cache (NATS keeps it trustworthy),
@@ -12,16 +13,6 @@ import { TcpProxy } from "../support/tcp-proxy";
  */
 
 const THROTTLE_MS = 1_000;
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 describe("key uses while Postgres is unreachable", () => {
   let proxy: TcpProxy;
@@ -32,15 +23,12 @@ describe("key uses while Postgres is unreachable", () => {
   const owner = uniqueId("outage-owner");
 
   beforeAll(async () => {
-    const url = new URL(inject("databaseUrl"));
-    proxy = new TcpProxy(url.hostname, Number(url.port || 5432));
-    const proxied = new URL(url);
-    proxied.hostname = "127.0.0.1";
-    proxied.port = String(await proxy.start());
+    let proxied: string;
+    ({ proxy, url: proxied } = await TcpProxy.inFrontOfDatabase(inject("databaseUrl")));
     stream = testEventStream();
     await startRelayAtLogHead(stream);
     api = await startApi({
-      databaseUrl: proxied.toString(),
+      databaseUrl: proxied,
       database: { maxConnections: 4, statementTimeoutMs: 2_000 },
       keyUsedThrottleMs: THROTTLE_MS,
       nats: apiNatsOptions(stream),
@@ -77,12 +65,20 @@ describe("key uses while Postgres is unreachable", () => {
     // First use, recorded; then the verifier's cached answer is the row with that use (the KeyUsed event dropped
     // the older answer), so the next requests are answered without Postgres.
     expect((await current(value)).status).toBe(200);
-    const firstUse = await until("the first use", async () => (await lastUsedAt("used-in-outage")) ?? undefined);
-    await until("a cached answer with the first use", async () => {
-      const res = await current(value);
-      const body = (await res.json()) as { lastUsedAt: string | null };
-      return res.status === 200 && body.lastUsedAt === firstUse.toISOString() ? true : undefined;
-    });
+    const firstUse = await until(
+      "the first use",
+      async () => (await lastUsedAt("used-in-outage")) ?? undefined,
+      10_000,
+    );
+    await until(
+      "a cached answer with the first use",
+      async () => {
+        const res = await current(value);
+        const body = (await res.json()) as { lastUsedAt: string | null };
+        return res.status === 200 && body.lastUsedAt === firstUse.toISOString() ? true : undefined;
+      },
+      10_000,
+    );
     await sleep(THROTTLE_MS + 100);
 
     proxy.cut();
@@ -95,10 +91,14 @@ describe("key uses while Postgres is unreachable", () => {
     expect((await lastUsedAt("used-in-outage"))?.getTime()).toBe(firstUse.getTime());
 
     proxy.restore();
-    const recorded = await until("the held use to be recorded", async () => {
-      const at = await lastUsedAt("used-in-outage");
-      return at !== null && at.getTime() > firstUse.getTime() ? at : undefined;
-    });
+    const recorded = await until(
+      "the held use to be recorded",
+      async () => {
+        const at = await lastUsedAt("used-in-outage");
+        return at !== null && at.getTime() > firstUse.getTime() ? at : undefined;
+      },
+      10_000,
+    );
     expect(recorded.getTime()).toBeGreaterThanOrEqual(before);
     expect(recorded.getTime()).toBeLessThanOrEqual(after);
     const { rows } = await sql<{ n: number }>`

@@ -25,14 +25,10 @@ describe("Postgres faults", () => {
   const owner = uniqueId("fault-owner");
 
   beforeAll(async () => {
-    const url = new URL(inject("databaseUrl"));
-    proxy = new TcpProxy(url.hostname, Number(url.port || 5432));
-    const port = await proxy.start();
-    const proxied = new URL(url);
-    proxied.hostname = "127.0.0.1";
-    proxied.port = String(port);
+    let proxied: string;
+    ({ proxy, url: proxied } = await TcpProxy.inFrontOfDatabase(inject("databaseUrl")));
     api = await startApi({
-      databaseUrl: proxied.toString(),
+      databaseUrl: proxied,
       database: { maxConnections: 5, statementTimeoutMs: 2_000 },
     });
     direct = createPostgresDatabase({ connectionString: inject("databaseUrl"), maxConnections: 2 });

@@ -27,7 +27,7 @@ async function sealed(db: Kysely<unknown>): Promise<{ events: number; seals: num
 describe("projector: Postgres faults", () => {
   let scratch: ScratchDatabase;
   let proxy: TcpProxy;
-  let proxyPort: number;
+  let proxiedUrl: string;
   let child: ChildProcess | undefined;
   const stderr: string[] = [];
 
@@ -40,9 +40,7 @@ describe("projector: Postgres faults", () => {
       operationsPerWriter: 50,
       seed: 8,
     });
-    const url = new URL(scratch.url);
-    proxy = new TcpProxy(url.hostname, Number(url.port || 5432));
-    proxyPort = await proxy.start();
+    ({ proxy, url: proxiedUrl } = await TcpProxy.inFrontOfDatabase(scratch.url));
   });
   afterAll(async () => {
     if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
@@ -51,9 +49,6 @@ describe("projector: Postgres faults", () => {
   });
 
   it("survives the database being cut twice mid-work, then seals the whole log", async () => {
-    const proxied = new URL(scratch.url);
-    proxied.hostname = "127.0.0.1";
-    proxied.port = String(proxyPort);
     const { events: total } = await sealed(scratch.db);
     expect(total).toBeGreaterThan(50);
 
@@ -61,7 +56,7 @@ describe("projector: Postgres faults", () => {
       cwd: ROOT,
       env: {
         ...process.env,
-        DATABASE_URL: proxied.toString(),
+        DATABASE_URL: proxiedUrl,
         PORT: "0", // health endpoints on a free port: other projectors may run beside this one
         PROJECTOR_SEAL_BATCH_SIZE: "1", // many small commits: a cut lands mid-query
         PROJECTOR_POLL_INTERVAL_MS: "50",

@@ -19,6 +19,15 @@ export class TcpProxy {
     private readonly targetPort: number,
   ) {}
 
+  /** A started proxy to the Postgres server of `databaseUrl`, and the same URL through the proxy. */
+  static async inFrontOfDatabase(databaseUrl: string): Promise<{ proxy: TcpProxy; url: string }> {
+    const url = new URL(databaseUrl);
+    const proxy = new TcpProxy(url.hostname, Number(url.port || 5432));
+    url.hostname = "127.0.0.1";
+    url.port = String(await proxy.start());
+    return { proxy, url: url.toString() };
+  }
+
   /** Listens on a free local port; returns it. */
   async start(): Promise<number> {
     this.server = createServer((client) => this.accept(client));

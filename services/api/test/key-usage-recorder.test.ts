@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { FastifyBaseLogger } from "fastify";
 import { describe, expect, it } from "vitest";
+import { until } from "../../../test/support/until";
 import type { KeyCommands } from "../src/commands/key-commands";
 import { KeyUsageRecorder } from "../src/key-usage-recorder";
 import type { ApiKeyRow } from "../src/read-model-queries";
@@ -34,12 +35,15 @@ function captureLog() {
   return { warnings, errors, log };
 }
 
-async function until(what: string, condition: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
+/** Waits until `condition` holds (the recorder works on timers). */
+const waitFor = (what: string, condition: () => boolean) => until(what, async () => condition() || undefined, 5_000, 5);
+
+/** A recorder on a flaky database, with its log captured; 5 ms batch windows. */
+function flakyRecorder(options: { firstRetryDelayMs: number; maxHeldUses?: number }) {
+  const { state, commands } = flakyCommands();
+  const { warnings, errors, log } = captureLog();
+  const recorder = new KeyUsageRecorder(commands, 10_000, log, { batchWindowMs: 5, ...options });
+  return { state, warnings, errors, recorder };
 }
 
 const row = (keyId: string): ApiKeyRow =>
@@ -47,13 +51,11 @@ const row = (keyId: string): ApiKeyRow =>
 
 describe("KeyUsageRecorder when the database fails", () => {
   it("holds failed uses, tries again with a growing delay, and records each once with its own time", async () => {
-    const { state, commands } = flakyCommands();
-    const { warnings, log } = captureLog();
-    const recorder = new KeyUsageRecorder(commands, 10_000, log, { batchWindowMs: 5, firstRetryDelayMs: 20 });
+    const { state, warnings, recorder } = flakyRecorder({ firstRetryDelayMs: 20 });
     recorder.record(row("a"), null);
     recorder.record(row("b"), null);
     const usedBefore = Date.now();
-    await until("three tries", () => state.attempts >= 3); // at about 5, 25 and 65 ms
+    await waitFor("three tries", () => state.attempts >= 3); // at about 5, 25 and 65 ms
     expect(warnings.slice(0, 3).map((w) => [w.fields.keys, w.fields.retryInMs])).toEqual([
       [2, 20],
       [2, 40],
@@ -63,7 +65,7 @@ describe("KeyUsageRecorder when the database fails", () => {
     recorder.record(row("a"), null);
     recorder.record(row("c"), null);
     state.up = true;
-    await until("the held uses", () => state.written.length >= 3);
+    await waitFor("the held uses", () => state.written.length >= 3);
     await sleep(50);
     expect(state.written.map((w) => w.keyId).sort()).toEqual(["a", "b", "c"]);
     const a = state.written.find((w) => w.keyId === "a");
@@ -72,15 +74,9 @@ describe("KeyUsageRecorder when the database fails", () => {
   });
 
   it("holds at most maxHeldUses, counts the rest in one warning, and records the held ones", async () => {
-    const { state, commands } = flakyCommands();
-    const { warnings, log } = captureLog();
-    const recorder = new KeyUsageRecorder(commands, 10_000, log, {
-      batchWindowMs: 5,
-      firstRetryDelayMs: 30,
-      maxHeldUses: 5,
-    });
+    const { state, warnings, recorder } = flakyRecorder({ firstRetryDelayMs: 30, maxHeldUses: 5 });
     for (let i = 0; i < 12; i++) recorder.record(row(`k${i}`), null);
-    await until("the warning", () => warnings.some((w) => w.message.startsWith("key uses not recorded")));
+    await waitFor("the warning", () => warnings.some((w) => w.message.startsWith("key uses not recorded")));
     expect(warnings.find((w) => w.message.startsWith("key uses not recorded"))?.fields.uses).toBe(7);
     state.up = true;
     await recorder.flush();
@@ -88,12 +84,10 @@ describe("KeyUsageRecorder when the database fails", () => {
   });
 
   it("on shutdown gives held uses one more try, and says how many were not recorded", async () => {
-    const { state, commands } = flakyCommands();
-    const { warnings, log } = captureLog();
-    const recorder = new KeyUsageRecorder(commands, 10_000, log, { batchWindowMs: 5, firstRetryDelayMs: 10_000 });
+    const { state, warnings, recorder } = flakyRecorder({ firstRetryDelayMs: 10_000 });
     recorder.record(row("a"), null);
     recorder.record(row("b"), null);
-    await until("the first try", () => state.attempts === 1);
+    await waitFor("the first try", () => state.attempts === 1);
     const attempts = state.attempts;
     await recorder.flush();
     expect(state.attempts).toBe(attempts + 1);
@@ -104,17 +98,15 @@ describe("KeyUsageRecorder when the database fails", () => {
   });
 
   it("drops a batch that fails for another reason (it would fail again), and goes on with the next ones", async () => {
-    const { state, commands } = flakyCommands();
-    const { warnings, errors, log } = captureLog();
-    const recorder = new KeyUsageRecorder(commands, 10_000, log, { batchWindowMs: 5, firstRetryDelayMs: 20 });
+    const { state, warnings, errors, recorder } = flakyRecorder({ firstRetryDelayMs: 20 });
     state.bug = Object.assign(new Error("null value in column violates not-null constraint"), { code: "23502" });
     recorder.record(row("a"), null);
-    await until("the failed try", () => errors.length === 1);
+    await waitFor("the failed try", () => errors.length === 1);
     expect(errors[0]?.message).toBe("could not record key uses; dropped");
     state.bug = undefined;
     state.up = true;
     recorder.record(row("b"), null);
-    await until("the next batch", () => state.written.length === 1);
+    await waitFor("the next batch", () => state.written.length === 1);
     await sleep(60);
     expect(state.written.map((w) => w.keyId)).toEqual(["b"]);
     expect(state.attempts).toBe(2);
