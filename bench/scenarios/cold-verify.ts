@@ -98,14 +98,12 @@ export const coldVerifyScenario: Scenario = {
         const forRawLookups = sampleValues.slice(maxWarmUp + samples);
         const warmUpCpuMicrosPerMiss: number[] = [];
         for (let warmed = 0; warmed < warm.length; ) {
-          const chunk = warm.slice(warmed, warmed + warmUpChunk);
+          const amount = Math.min(warmUpChunk, warm.length - warmed);
           const { cpuMicrosPerRequest } = assertClean(
             "cold /current warm-up",
-            await withCpu(api.service, () =>
-              load({ url: api.baseUrl, connections, amount: chunk.length, requests: requests(warm) }),
-            ),
+            await withCpu(api.service, () => load({ url: api.baseUrl, connections, amount, requests: requests(warm) })),
           );
-          warmed += chunk.length;
+          warmed += amount;
           warmUpCpuMicrosPerMiss.push(Math.round(cpuMicrosPerRequest));
           const previous = warmUpCpuMicrosPerMiss.at(-2);
           if (previous !== undefined && cpuMicrosPerRequest >= previous * 0.95) break;
