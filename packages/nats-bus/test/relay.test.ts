@@ -244,6 +244,65 @@ describe("event relay", () => {
     }
   });
 
+  it("encodes a revocation before its commit: nothing goes out until it is published, then the same message", async () => {
+    const org = uniqueId("org.prepared");
+    const checkpointName = await checkpointAtHead(db);
+    await appendKeys(org, 1);
+    const [created] = await readableEvents(org, checkpointName, 1);
+    if (created === undefined) throw new Error("no KeyCreated");
+    const key = created.data as { keyId: string; userId: string; name: string; keyHash: string };
+    await db.transaction().execute(async (trx) => {
+      const revoked: KeyledgerEvent = {
+        type: "KeyRevoked",
+        data: {
+          ...key,
+          organizationId: org,
+          previousKeyHash: null,
+          reason: "deleted",
+          revokedAt: new Date().toISOString(),
+        },
+      };
+      await appendToStream(trx, created.streamId, 1, [revoked], {
+        actorUserId: "user-1",
+        organizationId: org,
+        authMethod: "jwt",
+        requestId: null,
+      });
+    });
+    const [, revoked] = await readableEvents(org, checkpointName, 2);
+    if (revoked?.type !== "KeyRevoked") throw new Error("no KeyRevoked");
+    const nc = link.connection;
+    if (!nc) throw new Error("not connected");
+    const received: { subject: string; msgId: string | undefined; body: string }[] = [];
+    const sub = nc.subscribe(organizationSubjectFilter(stream.subjectPrefix, org), {
+      callback: (_error, msg) => {
+        received.push({ subject: msg.subject, msgId: msg.headers?.get("Nats-Msg-Id"), body: msg.string() });
+      },
+    });
+    await nc.flush();
+    const prepared = new EventPublisher(link, { subjectPrefix: stream.subjectPrefix });
+    const unprepared = new EventPublisher(link, { subjectPrefix: stream.subjectPrefix });
+    try {
+      prepared.prepareCommitting([revoked]);
+      await nc.flush();
+      expect(received).toEqual([]);
+      prepared.publishCommitted([revoked]);
+      await until(() => received.length === 1, "the prepared publish");
+      unprepared.publishCommitted([revoked]);
+      await until(() => received.length === 2, "the unprepared publish");
+      const [fromPrepared, fromUnprepared] = received;
+      expect(fromPrepared).toEqual(fromUnprepared);
+      expect(fromPrepared?.msgId).toBe(revoked.eventId);
+      expect(JSON.parse(fromPrepared?.body ?? "{}")).toMatchObject({ eventId: revoked.eventId, type: "KeyRevoked" });
+      // A message is sent once per publish: publishing the event again encodes it again, as the relay does.
+      prepared.publishCommitted([revoked]);
+      await until(() => received.length === 3, "the second publish");
+      expect(received[2]).toEqual(fromPrepared);
+    } finally {
+      sub.unsubscribe();
+    }
+  });
+
   it("passes over the events the stream acknowledged for the fast path: subscribers get each event once", async () => {
     const org = uniqueId("org.acked");
     const checkpointName = await checkpointAtHead(db);

@@ -94,11 +94,13 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const commands = new KeyCommands(
     options.db,
     (events) => {
+      // First the other processes (the gateways): this process's caches are updated in the same turn of the event
+      // loop, before any request of this process is handled, so they lose nothing by going second.
+      eventBus?.publishCommitted(events);
       for (const event of events) {
         verifier.applyEvent(event);
         members?.applyEvent(event);
       }
-      eventBus?.publishCommitted(events);
       options.onCommitted?.(events);
     },
     {
@@ -107,6 +109,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
       delayMs: 5,
       onError: (error) => app.log.warn({ err: error }, "could not notify the log's readers; they will poll"),
     },
+    (events) => eventBus?.prepareCommitting(events),
   );
   const usage = new KeyUsageRecorder(commands, options.keyUsedThrottleMs, app.log);
   const recordKeyUse = (key: ApiKeyRow, requestId: string) => usage.record(key, requestId);

@@ -76,6 +76,11 @@ export class ApiEventBus {
     }
   }
 
+  /** Before a command's transaction commits: its urgent events are encoded now (`EventPublisher.prepareCommitting`). */
+  prepareCommitting(events: RecordedEvent[]): void {
+    this.publisher.prepareCommitting(events);
+  }
+
   /**
    * Fast path, called after a command commits: publish now rather than at the relay's next read. The relay is
    * woken `RELAY_WAKE_DELAY_MS` later, so its read and republish do not compete with this delivery for the CPU.

@@ -148,12 +148,15 @@ export class KeyCommands {
 
   /**
    * `onCommitted` sees each command's events after its commit. The log's readers (projector, relay) are woken after
-   * commits by an `AppendNotifier` (`notify`: its options).
+   * commits by an `AppendNotifier` (`notify`: its options). `onCommitting` sees the events of a command decided on
+   * its stream (a revocation, rotation, membership change, a create or use decided again) just before its
+   * transaction commits, which may still fail: it must not throw, and must not act on them.
    */
   constructor(
     private readonly db: Db,
     private readonly onCommitted: OnCommitted = () => {},
     notify: AppendNotifierOptions = {},
+    private readonly onCommitting: OnCommitted = () => {},
   ) {
     this.notifier = new AppendNotifier(db, notify);
     this.newKeys = new NewKeyBatches(db, (events) => this.committed(events));
@@ -174,7 +177,11 @@ export class KeyCommands {
     for (let attempt = 1; ; attempt++) {
       const appended: RecordedEvent[] = [];
       try {
-        const result = await this.db.transaction().execute((trx) => work(trx, appended));
+        const result = await this.db.transaction().execute(async (trx) => {
+          const result = await work(trx, appended);
+          if (appended.length > 0) this.onCommitting(appended);
+          return result;
+        });
         this.committed(appended);
         return result;
       } catch (error) {
