@@ -1,4 +1,5 @@
 import type { AddressInfo } from "node:net";
+import { KeyCommands } from "@keyledger/api";
 import { hashKeyValue } from "@keyledger/domain";
 import { buildGateway, type Gateway } from "@keyledger/gateway";
 import { createVerifier, type Verifier } from "@keyledger/verifier";
@@ -197,6 +198,31 @@ describe("gateway: API keys checked at the edge, revocations over NATS", () => {
     expect((await viaGateway(value)).status).toBe(200);
     await api.removeMember(org, user);
     await until(async () => ((await viaGateway(value)).status === 401 ? true : undefined), "the removal to arrive");
+  });
+
+  it("enforces in the API a revocation only its relay published: the API's connection does not echo its own publishes", async () => {
+    const { org, user, name, value } = await createKey();
+    const current = () =>
+      fetch(`${api.baseUrl}/api/api-keys/current`, { headers: { authorization: `Bearer ${value}` } });
+    expect((await current()).status).toBe(200);
+    // The API answers this key from its cache, which only an event can invalidate.
+    expect(api.app.apiKeyVerifier.subscribed).toBe(true);
+    expect(api.app.apiKeyVerifier.peek(value)?.valid).toBe(true);
+    const publishedBefore = api.app.eventBus?.relay?.stats.published ?? 0;
+    // Revoked by another writer that publishes nothing (as a replica whose fast path never reached NATS): only the
+    // relay, in this API, publishes the event.
+    const elsewhere = new KeyCommands(api.db);
+    try {
+      await elsewhere.revokeApiKey({ organizationId: org, userId: user, name }, "deleted", {
+        now: new Date(),
+        metadata: { actorUserId: user, organizationId: org, authMethod: "jwt", requestId: null },
+      });
+    } finally {
+      await elsewhere.close();
+    }
+    await until(async () => ((await current()).status === 401 ? true : undefined), "the API to reject the key");
+    expect(api.app.eventBus?.relay?.stats.published ?? 0).toBeGreaterThan(publishedBefore);
+    expect(api.app.apiKeyVerifier.peek(value)).toMatchObject({ valid: false, code: "REVOKED" });
   });
 
   it("reports verified uses over NATS, so lastUsedAt follows gateway traffic (throttled)", async () => {

@@ -17,6 +17,12 @@ export type NatsLinkOptions = {
   name: string;
   /** Wait between reconnect attempts (default 250 ms: an outage ends as soon as the server is back). */
   reconnectTimeWaitMs?: number;
+  /**
+   * The server does not deliver this connection's own publishes to its own subscriptions (NATS `no_echo`): a
+   * process that publishes events and also subscribes to them on this link hands its own events to its
+   * subscribers itself.
+   */
+  noEcho?: boolean;
   log?: BusLogger;
 };
 
@@ -102,6 +108,7 @@ export class NatsLink {
           // No stack captured at every request (each JetStream publish is one): two Error objects per event
           // published otherwise, a few % of the API's CPU when creates are busy. Errors keep their messages.
           noAsyncTraces: true,
+          noEcho: this.options.noEcho ?? false,
         });
         if (this.isClosed()) {
           await nc.close();

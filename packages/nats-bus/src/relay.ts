@@ -52,6 +52,12 @@ export type EventRelayOptions = {
    * for an acknowledgement still under way). An event read before the fast path sent it is published by both.
    */
   fastPathPublishes?: Pick<FastPathPublishes, "take">;
+  /**
+   * Called with the events the relay is about to publish (not those it passes over for the fast path), for a
+   * process whose subscribers share the relay's connection with `noEcho` and so never receive them over NATS.
+   * Must not throw.
+   */
+  onPublishing?: (events: RecordedEvent[]) => void;
   log?: BusLogger;
 };
 
@@ -287,6 +293,7 @@ export class EventRelay {
     // First every fast-path outcome of the batch (an acknowledgement takes about a round trip to NATS), then the
     // publishes of the rest in log order, pipelined.
     const inStream = await Promise.all(events.map((event) => fastPath?.take(event.eventId) ?? false));
+    this.options.onPublishing?.(events.filter((_, i) => !inStream[i]));
     const results = await Promise.allSettled(
       events.map((event, i) => (inStream[i] ? ACKNOWLEDGED_BY_FAST_PATH : this.publisher.publish(event))),
     );

@@ -27,8 +27,14 @@ export type VerifierOptions<K extends VerifiedKey = VerifiedKey> = {
   apiUrl?: string;
   /** The authoritative lookup on a miss (the API passes a database lookup). */
   lookup?: KeyLookup<K>;
-  /** NATS for invalidation events. Without it nothing is cached: every verify asks `lookup`. */
+  /** NATS for invalidation events. Without it (or `natsLink`) nothing is cached: every verify asks `lookup`. */
   natsUrl?: string;
+  /**
+   * A connection to share instead of `natsUrl`; the verifier subscribes on it and never closes it. The API shares
+   * its publisher's, created with `noEcho`: the events the API publishes are not delivered back to it (one process
+   * fewer for NATS to wake on each revocation), so it gives them to `applyEvent` itself.
+   */
+  natsLink?: NatsLink;
   subjectPrefix?: string;
   cache?: VerifierCacheOptions;
   lookupTimeoutMs?: number;
@@ -145,6 +151,8 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
   private readonly ttlMs: number;
   private readonly negativeTtlMs: number;
   private readonly link: NatsLink | undefined;
+  private readonly ownsLink: boolean;
+  private offLinkChange: (() => void) | undefined;
   private readonly reporter: KeyUseReporter | undefined;
   private readonly reportIntervalMs: number;
   private readonly log: BusLogger;
@@ -168,13 +176,19 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     this.reportIntervalMs = options.keyUseReports?.intervalMs ?? 1_000;
     this.keyIdOf = options.keyIdOf;
     this.onEvent = options.onEvent;
-    if (options.natsUrl) {
+    this.ownsLink = options.natsLink === undefined;
+    this.link =
+      options.natsLink ??
+      (options.natsUrl
+        ? new NatsLink({ servers: options.natsUrl, name: options.name ?? "keyledger-verifier", log: this.log })
+        : undefined);
+    if (this.link) {
       const prefix = options.subjectPrefix ?? DEFAULT_SUBJECT_PREFIX;
-      this.link = new NatsLink({ servers: options.natsUrl, name: options.name ?? "keyledger-verifier", log: this.log });
-      this.link.onChange((state) => {
+      this.offLinkChange = this.link.onChange((state) => {
         if (state === "connected") void this.subscribe(prefix);
         else this.unsubscribed(state);
       });
+      if (this.link.connected) void this.subscribe(prefix);
       if (options.keyUseReports) {
         this.reporter = new KeyUseReporter(this.link, { subjectPrefix: prefix, intervalMs: this.reportIntervalMs });
       }
@@ -463,8 +477,16 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     if (this.closed) return;
     this.closed = true;
     this.reporter?.close();
+    this.offLinkChange?.();
     this.unsubscribed("closed");
-    await this.link?.close();
+    if (this.ownsLink) await this.link?.close();
+    else if (this.link?.connected) {
+      try {
+        this.subscription?.unsubscribe();
+      } catch {
+        // The shared connection is closing: the subscription goes with it.
+      }
+    }
   }
 }
 

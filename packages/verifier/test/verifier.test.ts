@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { hashKeyValue, KEY_RANDOM_BYTES, keyValueFromRandomBytes } from "@keyledger/domain";
-import { eventSubject } from "@keyledger/nats-bus";
+import { eventSubject, NatsLink } from "@keyledger/nats-bus";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type OwnNatsServer, SHARED_NATS_URL, startNatsServer } from "../../../test/support/nats";
@@ -240,6 +240,46 @@ describe("verifier with NATS", () => {
     await verifier.verify(key);
     expect(table.calls).toBe(2);
     expect(verifier.peek(key)).toBeUndefined();
+  });
+
+  it("on a shared no-echo link: events from others arrive, its own do not; closing leaves the link open", async () => {
+    const link = new NatsLink({ servers: SHARED_NATS_URL, name: "verifier-test-shared", noEcho: true });
+    try {
+      // Created once the link is already connected: it subscribes at once.
+      const shared = await link.whenConnected();
+      if (!shared) throw new Error("not connected");
+      const table = lookupTable();
+      const verifier = createVerifier({
+        lookup: table.lookup,
+        natsLink: link,
+        subjectPrefix: prefix,
+        cache: { maxEntries: 1000, ttlMs: 600_000 },
+      });
+      expect(await verifier.whenSubscribed()).toBe(true);
+      const [own, others] = [newKey(), newKey()];
+      table.set(own, activeKey("org-shared", "user-shared"));
+      table.set(others, activeKey("org-shared", "user-shared"));
+      expect((await verifier.verify(own)).valid).toBe(true);
+      expect((await verifier.verify(others)).valid).toBe(true);
+      const revoke = (value: string) =>
+        JSON.stringify({
+          eventId: randomUUID(),
+          type: "KeyRevoked",
+          data: { organizationId: "org-shared", userId: "user-shared", name: "k", keyHash: hashKeyValue(value) },
+        });
+      // Published on the shared link itself: not delivered back (its publisher applies it).
+      shared.publish(eventSubject(prefix, "org-shared", "KeyRevoked"), revoke(own));
+      publish("org-shared", "KeyRevoked", { userId: "user-shared", name: "k", keyHash: hashKeyValue(others) });
+      await until(() => verifier.peek(others)?.valid === false, "the other connection's revocation");
+      await shared.flush();
+      expect(verifier.peek(own)?.valid).toBe(true);
+      await verifier.close();
+      expect(link.connected).toBe(true);
+      // Still usable by its owner.
+      await shared.flush();
+    } finally {
+      await link.close();
+    }
   });
 
   it("evicts the oldest entry beyond maxEntries", async () => {

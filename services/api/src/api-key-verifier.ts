@@ -1,4 +1,4 @@
-import type { BusLogger } from "@keyledger/nats-bus";
+import type { BusLogger, NatsLink } from "@keyledger/nats-bus";
 import {
   createVerifier,
   type InvalidatingEvent,
@@ -52,8 +52,11 @@ export function databaseKeyLookup(db: Kysely<unknown>) {
 }
 
 export type ApiKeyVerifierOptions = {
-  /** NATS for invalidations; without it every API-key request reads the database, as before. */
-  natsUrl: string | undefined;
+  /**
+   * NATS for invalidations: the event bus's connection (no echo: the app applies its own events); without it every
+   * API-key request reads the database.
+   */
+  natsLink: NatsLink | undefined;
   subjectPrefix: string | undefined;
   cache: VerifierCacheOptions | undefined;
   log: BusLogger;
@@ -65,7 +68,7 @@ export type ApiKeyVerifierOptions = {
 export function createApiKeyVerifier(db: Kysely<unknown>, options: ApiKeyVerifierOptions): ApiKeyVerifier {
   return createVerifier<ApiVerifiedKey>({
     lookup: databaseKeyLookup(db),
-    natsUrl: options.natsUrl,
+    natsLink: options.natsLink,
     subjectPrefix: options.subjectPrefix,
     cache: options.cache,
     // Rows carry lastUsedAt: a KeyUsed drops the row, so /current and the use throttle see the new value.

@@ -1,4 +1,5 @@
 import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
+import type { RecordedEvent } from "@keyledger/event-store";
 import type { NotificationSource } from "@keyledger/projections";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
 import type { Kysely } from "kysely";
@@ -82,13 +83,21 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const eventBus = options.nats ? new ApiEventBus(options.nats, options.db, app.log, options.notifications) : undefined;
   let members: MemberCache | undefined;
   const verifier: ApiKeyVerifier = createApiKeyVerifier(options.db, {
-    natsUrl: options.nats?.url,
+    natsLink: eventBus?.link,
     subjectPrefix: options.nats?.subjectPrefix,
     cache: options.nats?.verifierCache,
     log: app.log,
     onEvent: (event) => members?.applyEvent(event),
   });
   members = new MemberCache(options.db, verifier);
+  /** This process's events: the event bus's connection does not echo them, so they are applied here. */
+  const applyHere = (events: RecordedEvent[]) => {
+    for (const event of events) {
+      verifier.applyEvent(event);
+      members?.applyEvent(event);
+    }
+  };
+  eventBus?.onRelayPublishing(applyHere);
   app.decorate("apiKeyVerifier", verifier);
   app.decorate("eventBus", eventBus);
   const commands = new KeyCommands(
@@ -97,10 +106,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
       // First the other processes (the gateways): this process's caches are updated in the same turn of the event
       // loop, before any request of this process is handled, so they lose nothing by going second.
       eventBus?.publishCommitted(events);
-      for (const event of events) {
-        verifier.applyEvent(event);
-        members?.applyEvent(event);
-      }
+      applyHere(events);
       options.onCommitted?.(events);
     },
     {

@@ -55,10 +55,13 @@ export class ApiEventBus {
   private readonly publisher: EventPublisher;
   private readonly unsubscribers: (() => void)[] = [];
   private relayWake: NodeJS.Timeout | undefined;
+  private relayPublishing: (events: RecordedEvent[]) => void = () => {};
 
   /** `notifications`: the process's Postgres listener, which wakes the relay (instead of a LISTEN of its own). */
   constructor(options: EventBusOptions, db: Kysely<unknown>, log: BusLogger, notifications?: NotificationSource) {
-    this.link = new NatsLink({ servers: options.url, name: "keyledger-api", log });
+    // No echo: the in-process verifier shares this connection (app.ts) and gets this process's events directly,
+    // the fast path's at commit and the relay's as it publishes them (`onRelayPublishing`).
+    this.link = new NatsLink({ servers: options.url, name: "keyledger-api", log, noEcho: true });
     // With a relay here, it passes over the events the stream acknowledged for the fast path: each is published once.
     const fastPathPublishes = options.relay !== false ? new FastPathPublishes() : undefined;
     this.publisher = new EventPublisher(this.link, { subjectPrefix: options.subjectPrefix, fastPathPublishes, log });
@@ -70,10 +73,19 @@ export class ApiEventBus {
         subjectPrefix: options.subjectPrefix,
         duplicateWindowMs: options.duplicateWindowMs,
         fastPathPublishes,
+        onPublishing: (events) => this.relayPublishing(events),
         log,
       });
       this.relay.start();
     }
+  }
+
+  /**
+   * `handler` gets the events the relay here publishes: this connection does not echo them back, and the
+   * in-process subscribers (verifier, membership cache) must see them as every other process does.
+   */
+  onRelayPublishing(handler: (events: RecordedEvent[]) => void): void {
+    this.relayPublishing = handler;
   }
 
   /** Before a command's transaction commits: its urgent events are encoded now (`EventPublisher.prepareCommitting`). */
