@@ -82,9 +82,13 @@ export function presentedBearerToken(headers: IncomingHttpHeaders, rawHeaders: r
   return BEARER.exec(header)?.[1] || undefined;
 }
 
-/** A JWT's shape (three base64url parts); anything else presented as a bearer token is taken for an API key. */
+/**
+ * A JWT's shape (three base64url parts); anything else presented as a bearer token is taken for an API key. An API
+ * key has no dot, so it is told apart without the expression, which scans the whole token and backtracks over it
+ * (1.6 % of the API's CPU on cached `/current` requests, profiled; the dot check is not visible).
+ */
 export function looksLikeJwt(token: string): boolean {
-  return JWT_SHAPE.test(token);
+  return token.includes(".") && JWT_SHAPE.test(token);
 }
 
 /** `Cache-Control: no-cache` (gateways send it on their misses): the key is read from the database. */
