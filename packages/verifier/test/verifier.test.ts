@@ -50,10 +50,14 @@ describe("verifier with NATS", () => {
     );
   }
 
-  async function subscribedVerifier(table: ReturnType<typeof lookupTable>, natsUrl = SHARED_NATS_URL) {
+  /** A verifier on its own connection to the shared server, or on `connection` when given. */
+  async function subscribedVerifier(
+    table: ReturnType<typeof lookupTable>,
+    connection: { natsUrl: string } | { natsLink: NatsLink } = { natsUrl: SHARED_NATS_URL },
+  ) {
     const verifier = createVerifier({
       lookup: table.lookup,
-      natsUrl,
+      ...connection,
       subjectPrefix: prefix,
       cache: { maxEntries: 1000, ttlMs: 600_000, negativeTtlMs: 600_000 },
     });
@@ -249,13 +253,7 @@ describe("verifier with NATS", () => {
       const shared = await link.whenConnected();
       if (!shared) throw new Error("not connected");
       const table = lookupTable();
-      const verifier = createVerifier({
-        lookup: table.lookup,
-        natsLink: link,
-        subjectPrefix: prefix,
-        cache: { maxEntries: 1000, ttlMs: 600_000 },
-      });
-      expect(await verifier.whenSubscribed()).toBe(true);
+      const verifier = await subscribedVerifier(table, { natsLink: link });
       const [own, others] = [newKey(), newKey()];
       table.set(own, activeKey("org-shared", "user-shared"));
       table.set(others, activeKey("org-shared", "user-shared"));
