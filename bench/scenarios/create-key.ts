@@ -150,7 +150,7 @@ export const createKeyScenario: Scenario = {
       const seconds = size(context, 5, 1.5);
       context.log("warm-up");
       await rawTransactions(database, 1);
-      await creates(size(context, 3, 2));
+      await creates(size(context, 3, 1));
       const rounds = await alternate(
         size(context, 3, 2),
         async () => assertClean("raw pg transaction", await rawTransactions(database, seconds)),
@@ -172,7 +172,7 @@ export const createKeyScenario: Scenario = {
       const counted = await load({
         url: api.baseUrl,
         connections: CONNECTIONS,
-        duration: size(context, 3, 2),
+        duration: size(context, 3, 1),
         requests,
       });
       await sleep(1200); // the statistics are flushed about once a second

@@ -85,18 +85,26 @@ export const currentKeyScenario: Scenario = {
       await client.setMember("org-bench", "user-owner", "owner");
       const key = await client.createKey(await client.jwtHeaders("user-owner", "org-bench"), "cached", []);
       const headers = { authorization: `Bearer ${key}` };
-      const apis = [api];
-      for (let i = 1; i < processes; i++) {
-        apis.push(await env.startReplica(`api-${i}`, profileFlags(context, `current-key-${i}`)));
-      }
-      const seconds = size(context, 5, 1);
-      const connections = THROUGHPUT_CONNECTIONS;
       // The floor for this route: a fastify route sending the very same headers and body, with no code behind it.
       const captured = await capturedResponse(`${api.baseUrl}${CURRENT_PATH}`, headers);
       context.log(
         `same response: headers ${Object.keys(captured.headers).join(", ")}; body ${captured.body.length} bytes`,
       );
-      for (let i = 0; i < processes; i++) sameResponses.push(await startHelloWorld(captured));
+      // Started together (each takes about a second); the environment stops the replicas it started.
+      const [replicas, sameResponseStarts] = await Promise.all([
+        Promise.allSettled(
+          Array.from({ length: processes - 1 }, (_, i) =>
+            env.startReplica(`api-${i + 1}`, profileFlags(context, `current-key-${i + 1}`)),
+          ),
+        ),
+        Promise.allSettled(Array.from({ length: processes }, () => startHelloWorld(captured))),
+      ]);
+      for (const started of sameResponseStarts) if (started.status === "fulfilled") sameResponses.push(started.value);
+      for (const started of [...replicas, ...sameResponseStarts])
+        if (started.status === "rejected") throw started.reason;
+      const apis = [api, ...replicas.map((started) => (started as PromiseFulfilledResult<typeof api>).value)];
+      const seconds = size(context, 5, 1);
+      const connections = THROUGHPUT_CONNECTIONS;
       const trios = hellos.map((hello, i) => {
         const sameResponse = sameResponses[i] as Awaited<ReturnType<typeof startHelloWorld>>;
         const current = apis[i] as (typeof apis)[number];
