@@ -147,7 +147,7 @@ export const createKeyScenario: Scenario = {
         };
         return { ...result, cpu };
       };
-      const seconds = size(context, 5, 1.5);
+      const seconds = size(context, 5, 1);
       context.log("warm-up");
       await rawTransactions(database, 1);
       await creates(size(context, 3, 1));
