@@ -174,8 +174,8 @@ export const gatewayScenario: Scenario = {
 
       /**
        * A further gateway process with `extraEnv`, alternated against hello-world like gateway A (in a quick run,
-       * one round: these figures have no goal of their own, and the quick run has to stay under 2 minutes), then
-       * stopped.
+       * one round: a quick run is a smoke check that has to stay under 2 minutes, and these are variants of the
+       * proxy figure, whose own rounds come first), then stopped.
        */
       const measureVariant = async (name: string, path: string, extraEnv: Record<string, string>) => {
         const variant = await startGatewayProcess({
