@@ -4,3 +4,4 @@ export * from "./events";
 export * from "./key-format";
 export * from "./member";
 export * from "./permissions";
+export * from "./secret-text";

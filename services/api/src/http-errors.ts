@@ -1,5 +1,5 @@
 import { STATUS_CODES } from "node:http";
-import { redactSecrets } from "./secrets";
+import { redactSecrets } from "@keyledger/domain";
 
 /** An error the API answers with its own status and message, in Daytona's error body. */
 export class ApiError extends Error {
