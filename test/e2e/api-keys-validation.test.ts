@@ -76,6 +76,38 @@ describe("POST /api/api-keys validation (400, nothing written)", () => {
     }
   });
 
+  it("expiresAt: a date that does not exist → 400, not rolled over into the next month", async () => {
+    for (const expiresAt of [
+      "2030-02-30T00:00:00Z",
+      "2031-02-29",
+      "2031-04-31T12:00:00Z",
+      "2030-01-01T24:00:00Z",
+      "2030-01-01T12:60:00Z",
+      "2030-01-01T00:00:00+25:00",
+    ]) {
+      await expectRejected({ name: "k", permissions: [], expiresAt }, ["expiresAt must be a Date instance"]);
+    }
+    const leapDay = await post({ name: "leap-day", permissions: [], expiresAt: "2032-02-29T00:00:00Z" });
+    expect(leapDay.status).toBe(201);
+    expect(((await leapDay.json()) as { expiresAt: string }).expiresAt).toBe("2032-02-29T00:00:00.000Z");
+  });
+
+  it("expiresAt after year 9999 (also by its offset) → 400; the last millisecond of 9999 → 201", async () => {
+    for (const expiresAt of ["9999-12-31T23:59:59-01:00", "9999-12-31T23:30:00-00:45"]) {
+      await expectRejected({ name: "k", permissions: [], expiresAt }, [
+        "expiresAt must not be later than 9999-12-31T23:59:59.999Z",
+      ]);
+    }
+    const last = await post({ name: "far-future", permissions: [], expiresAt: "9999-12-31T23:59:59.999Z" });
+    expect(last.status).toBe(201);
+    expect(((await last.json()) as { expiresAt: string }).expiresAt).toBe("9999-12-31T23:59:59.999Z");
+  });
+
+  it('the name "current" → 400: /api/api-keys/current is the presented key\'s own route', async () => {
+    await expectRejected({ name: "current", permissions: [] }, ['name must not be "current"']);
+    expect((await post({ name: "Current", permissions: [] })).status).toBe(201);
+  });
+
   it("expiresAt in the past or now → 400", async () => {
     await expectRejected({ name: "k", permissions: [], expiresAt: "2020-01-01T00:00:00.000Z" }, ["expiresAt"]);
     await expectRejected({ name: "k", permissions: [], expiresAt: new Date(Date.now() - 1000).toISOString() }, [
@@ -99,8 +131,14 @@ describe("POST /api/api-keys validation (400, nothing written)", () => {
       "del\u007f",
       "c1\u0085control",
       "line\u2028separator",
+      // Rejected by Daytona too (its IsSafeDisplayString):
+      "javascript:alert(1)",
+      "mailto:a@b.example",
+      "data:text/html,hi",
+      "call tel:+123",
+      "</ b>",
     ]) {
-      await expectRejected({ name, permissions: [] }, ["name"]);
+      await expectRejected({ name, permissions: [] }, ["name must not contain HTML tags, URLs, or control characters"]);
     }
   });
 

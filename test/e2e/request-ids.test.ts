@@ -1,4 +1,6 @@
 import { Writable } from "node:stream";
+import { keyStreamId } from "@keyledger/domain";
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
 
@@ -58,5 +60,31 @@ describe("request ids in logs", () => {
     expect(lines.filter((line) => line.reqId === id).length).toBeGreaterThanOrEqual(2);
     const requestLines = lines.filter((line) => line.req !== undefined || line.res !== undefined);
     expect(requestLines.every((line) => typeof line.reqId === "string")).toBe(true);
+  });
+
+  it("replaces an X-Request-Id that is not a plain token of at most 128 characters, in answers, logs and events", async () => {
+    const org = uniqueId("org");
+    await api.setMember(org, "user-2", "owner");
+    const headers = { ...(await api.jwtHeaders("user-2", org)), "content-type": "application/json" };
+    for (const [i, given] of ["has space <img src=x>", "x".repeat(129), 'quote"d', "tab\tid"].entries()) {
+      const response = await fetch(`${api.baseUrl}/api/api-keys`, {
+        method: "POST",
+        headers: { ...headers, "x-request-id": given },
+        body: JSON.stringify({ name: `odd-request-id-${i}`, permissions: [] }),
+      });
+      expect(response.status).toBe(201);
+      const id = response.headers.get("x-request-id");
+      expect(id).toMatch(/^[0-9a-f-]{36}$/);
+      expect(lines.some((line) => line.reqId === id)).toBe(true);
+      expect(lines.some((line) => line.reqId === given)).toBe(false);
+      const events = await sql<{ metadata: { requestId?: string } }>`
+        SELECT metadata FROM events WHERE stream_id = ${keyStreamId(org, "user-2", `odd-request-id-${i}`)}`.execute(
+        api.db,
+      );
+      expect(events.rows.map((event) => event.metadata.requestId)).toEqual([id]);
+    }
+    const plain = "trace.id:42-A_b";
+    const kept = await fetch(`${api.baseUrl}/health/live`, { headers: { "x-request-id": plain } });
+    expect(kept.headers.get("x-request-id")).toBe(plain);
   });
 });

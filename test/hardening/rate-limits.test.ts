@@ -146,6 +146,19 @@ describe("authenticated limit per organization", () => {
   });
   afterAll(() => api.close());
 
+  it("serves the interactive reference and the OpenAPI document (public routes, registered before authentication)", async () => {
+    for (let i = 0; i < 5; i++) {
+      const page = await fetch(`${api.baseUrl}/api/docs/static/index.html`);
+      expect(page.status).toBe(200);
+      expect(await page.text()).toContain("swagger");
+      const document = await fetch(`${api.baseUrl}/api/docs-json`);
+      expect(document.status).toBe(200);
+      expect(((await document.json()) as { paths: object }).paths).toHaveProperty(["/api-keys"]);
+    }
+    const entry = await fetch(`${api.baseUrl}/api/docs`, { redirect: "manual" });
+    expect(entry.status).toBeLessThan(400);
+  });
+
   it("allows the limit per organization, then 429 with Retry-After; other organizations keep their budget", async () => {
     const orgA = uniqueId("org");
     const orgB = uniqueId("org");

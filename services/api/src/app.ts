@@ -74,7 +74,9 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     trustProxy: typeof options.trustProxy === "number" ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
     frameworkErrors: frameworkErrorHandler,
     clientErrorHandler,
-    requestIdHeader: "x-request-id",
+    // fastify would take any \`X-Request-Id\` as given (and call genReqId only without one): the header is read by
+    // genReqId instead, so a caller's id is kept only when it is a plain token (as on the cached /current path).
+    requestIdHeader: false,
     genReqId: (req) => requestIdFor(req.headers["x-request-id"]),
     routerOptions: { maxParamLength: 1024, ignoreDuplicateSlashes: false },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },

@@ -239,7 +239,9 @@ export default fp(
 
     if (limits.countsAuthenticated) {
       app.addHook("preParsing", (request, reply, _payload, done) => {
-        if (request.auth === null) return done();
+        // Not authenticated: no \`auth\`. Routes registered before the authentication plugin (the OpenAPI UI) do not
+        // even carry its \`null\` decoration, so both count as "no caller".
+        if (request.auth == null) return done();
         const counted = limits.countAuthenticated(request.auth.organizationId, Date.now()) as Counted;
         setHeaders(reply, "authenticated", counted);
         done(counted.exceeded ? tooManyRequests(counted) : undefined);

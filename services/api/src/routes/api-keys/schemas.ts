@@ -75,16 +75,40 @@ const MAX_NAME_LENGTH = 255;
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
 // Half of a UTF-16 surrogate pair on its own (JSON allows "\ud800"): not text, and not storable or encodable.
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
-const HTML_TAG = /<\/?[a-z!][^>]*>/i;
-const URL_LIKE = /\b(?:[a-z][a-z0-9+.-]*:\/\/|www\.)\S/i;
+// Daytona rejects names with HTML tags, URL schemes or control characters (its `IsSafeDisplayString`); these reject
+// everything it does, and more: any `scheme://`, `<!` tags, C1 controls, line separators, tab, CR and LF.
+const HTML_TAG = /<[a-z!/][^>]*>/i;
+const URL_LIKE = /\b(?:[a-z][a-z0-9+.-]*:\/\/|www\.)\S|javascript:|data:|mailto:|tel:/i;
+/** `/api/api-keys/current` is the presented key's own route: a key of that name could not be read or rotated by name. */
+const RESERVED_NAMES = new Set(["current"]);
 
-const ISO_DATE_TIME = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?)?$/;
+const ISO_DATE_TIME =
+  /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:Z|[+-](\d{2}):?(\d{2}))?)?$/;
+/** The last instant Postgres and `Date.prototype.toISOString` both write as a plain ISO 8601 date-time. */
+const LATEST_EXPIRY = Date.parse("9999-12-31T23:59:59.999Z");
 
-/** A future expiry from an ISO 8601 string, or the message explaining why not. */
+/** Whether the date and time fields name a real instant: no 30 February, no hour 24, no offset of 25 hours. */
+function hasValidFields(fields: RegExpExecArray): boolean {
+  const [, year, month, day, hour, minute, second, offsetHours, offsetMinutes] = fields.map(Number);
+  const daysInMonth = new Date(Date.UTC(year as number, month as number, 0)).getUTCDate();
+  return (
+    (month as number) >= 1 &&
+    (month as number) <= 12 &&
+    (day as number) >= 1 &&
+    (day as number) <= daysInMonth &&
+    (fields[4] === undefined || ((hour as number) <= 23 && (minute as number) <= 59)) &&
+    (fields[6] === undefined || (second as number) <= 59) &&
+    (fields[7] === undefined || ((offsetHours as number) <= 23 && (offsetMinutes as number) <= 59))
+  );
+}
+
+/** A future expiry from an ISO 8601 string (a real date, at most year 9999), or the message explaining why not. */
 function parseExpiresAt(value: unknown, now: Date): Date | string {
-  const parsed = typeof value === "string" && ISO_DATE_TIME.test(value) ? new Date(value) : null;
+  const fields = typeof value === "string" ? ISO_DATE_TIME.exec(value) : null;
+  const parsed = fields !== null && hasValidFields(fields) ? new Date(value as string) : null;
   if (parsed === null || Number.isNaN(parsed.getTime())) return "expiresAt must be a Date instance";
   if (parsed.getTime() <= now.getTime()) return "expiresAt must be a date in the future";
+  if (parsed.getTime() > LATEST_EXPIRY) return "expiresAt must not be later than 9999-12-31T23:59:59.999Z";
   return parsed;
 }
 
@@ -113,8 +137,10 @@ export function validateCreateApiKeyBody(
       messages.push(`name must be shorter than or equal to ${MAX_NAME_LENGTH} characters`);
     }
     if (CONTROL_CHARACTERS.test(name) || LONE_SURROGATE.test(name) || HTML_TAG.test(name) || URL_LIKE.test(name)) {
-      messages.push("name must not contain HTML tags, URLs or control characters");
+      messages.push("name must not contain HTML tags, URLs, or control characters");
     }
+    if (RESERVED_NAMES.has(name))
+      messages.push(`name must not be "${name}": /api/api-keys/${name} is a route of its own`);
   }
 
   if (!Array.isArray(permissions)) {
