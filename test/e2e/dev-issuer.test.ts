@@ -96,6 +96,24 @@ describe("development issuer on the embedded database (the README walkthrough)",
     expect(JSON.parse(await readFile(keyFile, "utf8"))).toHaveProperty("d");
   });
 
+  it("refuses ids that cannot be stored (NUL, half a surrogate pair) with 400", async () => {
+    for (const body of [
+      { userId: "x\u0000y", organizationId: "org", role: "owner" },
+      { userId: "user", organizationId: "o\u0000rg", role: "owner" },
+      { userId: "x\ud800", organizationId: "org", role: "owner" },
+    ]) {
+      const refused = await devToken(body);
+      expect(refused.status).toBe(400);
+      expect(Object.keys((await refused.json()) as object).sort()).toEqual([
+        "error",
+        "message",
+        "path",
+        "statusCode",
+        "timestamp",
+      ]);
+    }
+  });
+
   it("records the membership and signs a token that creates, lists, uses and deletes a key", async () => {
     const org = uniqueId("org");
     const user = uniqueId("user");

@@ -279,6 +279,34 @@ describe("internal route authentication and validation", () => {
     expect(await eventsOfOrganization(api.db, org)).toEqual([]);
   });
 
+  it("an id that cannot be stored (NUL, a control character, half a surrogate pair, over 255) → 400, nothing written", async () => {
+    const org = uniqueId("org");
+    const headers = { authorization: `Bearer ${INTERNAL_TOKEN}`, "content-type": "application/json" };
+    for (const user of ["z%00ed", "tab%09bed", "del%7F", "%ED%A0%80", "x".repeat(256)]) {
+      await expectFetchError(fetch(memberUrl(org, user), { method: "PUT", headers, body }), 400);
+      await expectFetchError(fetch(memberUrl(org, user), { method: "DELETE", headers }), 400);
+    }
+    await expectFetchError(fetch(memberUrl("o%00rg", "user"), { method: "PUT", headers, body }), 400);
+    expect(await eventsOfOrganization(api.db, org)).toEqual([]);
+    // Any other text is an id: emoji, spaces, non-Latin scripts.
+    const ok = await fetch(memberUrl(org, encodeURIComponent("u 😀 ユーザー")), { method: "PUT", headers, body });
+    expect(ok.status).toBe(204);
+  });
+
+  it("a JWT whose subject cannot be an id → 401, like a JWT with no subject", async () => {
+    const org = uniqueId("org");
+    for (const sub of ["nul\u0000byte", "lone\ud800", "x".repeat(256)]) {
+      const token = await api.issuer.token({ sub });
+      await expectFetchError(
+        fetch(`${api.baseUrl}/api/api-keys`, {
+          headers: { authorization: `Bearer ${token}`, "x-daytona-organization-id": org },
+        }),
+        401,
+        "Invalid credentials",
+      );
+    }
+  });
+
   it("the internal routes are not in the public OpenAPI document", async () => {
     const doc = (await (await fetch(`${api.baseUrl}/api/docs-json`)).json()) as { paths: Record<string, unknown> };
     expect(Object.keys(doc.paths).some((p) => p.includes("internal"))).toBe(false);

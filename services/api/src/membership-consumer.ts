@@ -11,6 +11,7 @@ import {
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FastifyBaseLogger } from "fastify";
 import type { KeyCommands } from "./commands/key-commands";
+import { isStorableIdentifier } from "./identifiers";
 
 /**
  * Membership changes published by the organizations service:
@@ -51,6 +52,9 @@ export function parseMembershipMessage(
   const [organizationId, members, userId, action] = tokens.slice(prefixTokens);
   if (tokens.length !== prefixTokens + 4 || members !== "members" || !organizationId || !userId) {
     return { reason: "subject is not <prefix>.<organizationId>.members.<userId>.<updated|removed>" };
+  }
+  if (!isStorableIdentifier(organizationId) || !isStorableIdentifier(userId)) {
+    return { reason: "organization and user ids must be 1-255 characters with no control characters" };
   }
   if (action === "removed") return { command: { type: "RemoveMember", data: { organizationId, userId, now } } };
   if (action !== "updated") return { reason: `unknown action "${action}"` };

@@ -7,6 +7,7 @@ import { createLocalJWKSet, createRemoteJWKSet, type JSONWebKeySet, type JWTVeri
 import type { Kysely } from "kysely";
 import type { ApiKeyVerifier, ApiVerifiedKey } from "../../api-key-verifier";
 import { ApiError, invalidAuthContext, invalidCredentials } from "../../http-errors";
+import { isStorableIdentifier } from "../../identifiers";
 import type { MemberCache } from "../../member-cache";
 import { type ApiKeyVerificationOutcome, recordApiKeyVerification } from "../../metrics";
 import type { ApiKeyRow } from "../../read-model-queries";
@@ -174,7 +175,7 @@ export default fp(
           algorithms: ["RS256", "ES256"],
           requiredClaims: ["sub"],
         });
-        if (typeof payload.sub !== "string" || payload.sub.length === 0) throw new Error("no subject");
+        if (typeof payload.sub !== "string" || !isStorableIdentifier(payload.sub)) throw new Error("no usable subject");
         verifiedTokens.set(token, payload.sub, typeof payload.exp === "number" ? payload.exp * 1000 : undefined, now);
         return payload.sub;
       } catch (error) {
@@ -186,7 +187,7 @@ export default fp(
     async function authenticateJwt(request: FastifyRequest, token: string): Promise<JwtAuthContext> {
       const userId = await verifiedSubject(request, token);
       const organizationId = request.headers[ORGANIZATION_HEADER];
-      if (typeof organizationId !== "string" || organizationId.length === 0 || organizationId.length > 255) {
+      if (typeof organizationId !== "string" || !isStorableIdentifier(organizationId)) {
         throw invalidAuthContext();
       }
       const member = await options.members.find(organizationId, userId);

@@ -4,6 +4,7 @@ import type { FastifyInstance, FastifyRequest } from "fastify";
 import type { KeyCommands } from "../../commands/key-commands";
 import type { DevIssuer } from "../../dev-issuer";
 import { ApiError } from "../../http-errors";
+import { identifierString } from "../../identifiers";
 
 export type DevIssuerRoutesOptions = { issuer: DevIssuer; commands: KeyCommands };
 
@@ -11,8 +12,8 @@ const LOOPBACK = new Set(["127.0.0.1", "::1", "::ffff:127.0.0.1"]);
 
 const DevTokenBody = Type.Object(
   {
-    userId: Type.String({ minLength: 1, maxLength: 255 }),
-    organizationId: Type.String({ minLength: 1, maxLength: 255 }),
+    userId: identifierString(),
+    organizationId: identifierString(),
     role: Type.Union([Type.Literal("owner"), Type.Literal("member")]),
     permissions: Type.Optional(Type.Array(Type.String({ enum: [...PERMISSIONS] }), { maxItems: 64 })),
     expiresInSeconds: Type.Optional(Type.Integer({ minimum: 60, maximum: 30 * 24 * 3600 })),

@@ -4,12 +4,13 @@ import { Type } from "@sinclair/typebox";
 import type { FastifyInstance, FastifyRequest } from "fastify";
 import type { KeyCommands } from "../../commands/key-commands";
 import { ApiError } from "../../http-errors";
+import { identifierString } from "../../identifiers";
 
 export type InternalRoutesOptions = { commands: KeyCommands; internalApiToken: string };
 
 const MemberParams = Type.Object({
-  organizationId: Type.String({ minLength: 1, maxLength: 255 }),
-  userId: Type.String({ minLength: 1, maxLength: 255 }),
+  organizationId: identifierString(),
+  userId: identifierString(),
 });
 const MemberAccessBody = Type.Object(
   {
