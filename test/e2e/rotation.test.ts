@@ -109,7 +109,7 @@ describe("rotation with a grace window", () => {
     expect(again.status).toBe(409);
   });
 
-  it("revoked or expired keys are not found; bad bodies are 400 and change nothing", async () => {
+  it("revoked keys are not found, expired ones 409; bad bodies are 400 and change nothing", async () => {
     const { org, headers } = await ownerWithKey({ expiresAt: new Date(Date.now() + 1500).toISOString() });
     // This organization's events: other tests' key uses are recorded in batches, a moment after their requests.
     const count = async () => (await eventsOfOrganization(api.db, org)).length;
@@ -135,8 +135,11 @@ describe("rotation with a grace window", () => {
     expect((await rotate("nope/rotate", headers, {})).status).toBe(404);
     await new Promise((r) => setTimeout(r, 1700));
     const expired = await rotate("deploy/rotate", headers, {});
-    expect(expired.status).toBe(404);
-    expect(((await expired.json()) as { message: string }).message).toBe("API key not found");
+    expect(expired.status).toBe(409);
+    expect(((await expired.json()) as { message: string }).message).toBe(
+      "API key has expired: create a new key instead",
+    );
+    expect(await count()).toBe(before);
 
     const live = await ownerWithKey();
     await fetch(`${api.baseUrl}/api/api-keys/deploy`, {

@@ -122,8 +122,11 @@ export function decideApiKey(command: ApiKeyCommand, state: ApiKeyState): KeyEve
     }
     case "RotateKey": {
       const c = command.data;
-      if (!isKeyUsable(state, c.now) || state.status !== "active") {
-        throw new DomainError("KEY_NOT_FOUND", "API key not found");
+      if (state.status !== "active") throw new DomainError("KEY_NOT_FOUND", "API key not found");
+      if (!isKeyUsable(state, c.now)) {
+        // Still listed (as Daytona lists expired keys), so not "not found"; its value is dead, and a rotation would
+        // bring a key back to life that its owner let expire: a new key is the way.
+        throw new DomainError("KEY_EXPIRED", "API key has expired: create a new key instead");
       }
       if (c.expectedKeyHash !== undefined && c.expectedKeyHash !== state.keyHash) {
         throw new DomainError("KEY_CHANGED_CONCURRENTLY", "API key was rotated concurrently");

@@ -4,6 +4,7 @@ import type { Permission } from "./permissions";
 export type DomainErrorCode =
   | "KEY_NAME_TAKEN"
   | "KEY_NOT_FOUND"
+  | "KEY_EXPIRED"
   | "PERMISSIONS_NOT_GRANTABLE"
   | "EXPIRY_IN_PAST"
   | "INVALID_GRACE_PERIOD"

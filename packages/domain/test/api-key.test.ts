@@ -265,6 +265,35 @@ describe("decideApiKey: RevokeKey", () => {
   });
 });
 
+describe("decideApiKey: RotateKey refusals", () => {
+  const rotate = (now: Date): ApiKeyCommand => ({
+    type: "RotateKey",
+    data: {
+      keyHash: "b".repeat(64),
+      maskedValue: `dtn${"*".repeat(20)}xyz`,
+      gracePeriodSeconds: 0,
+      expiresAt: undefined,
+      expectedKeyHash: undefined,
+      now,
+    },
+  });
+
+  it("given no key or a revoked key, refuses with KEY_NOT_FOUND", () => {
+    given([])
+      .when(rotate(at(1000)))
+      .thenFails("KEY_NOT_FOUND", "API key not found");
+    given([keyCreated(), keyRevoked()])
+      .when(rotate(at(1000)))
+      .thenFails("KEY_NOT_FOUND");
+  });
+
+  it("given a key that has expired (still listed), refuses with KEY_EXPIRED", () => {
+    given([keyCreated({ expiresAt: at(500).toISOString() })])
+      .when(rotate(at(500)))
+      .thenFails("KEY_EXPIRED", "API key has expired: create a new key instead");
+  });
+});
+
 describe("decideApiKey: RecordKeyUse", () => {
   const use = (usedAt: Date, throttleMs = 10_000): ApiKeyCommand => ({
     type: "RecordKeyUse",

@@ -17,6 +17,7 @@ export function asApiError(error: unknown): never {
     switch (error.code) {
       case "KEY_NAME_TAKEN":
       case "KEY_CHANGED_CONCURRENTLY":
+      case "KEY_EXPIRED":
         throw new ApiError(409, error.message);
       case "KEY_NOT_FOUND":
         throw new ApiError(404, error.message);
