@@ -19,7 +19,8 @@ const security: Array<Record<string, string[]>> = [{ bearer: [] }, { oauth2: ["o
 const tags = ["api-keys"];
 const description =
   "keyledger extension of the Daytona contract: issues a new value for the key; the previous value keeps " +
-  "working for gracePeriodSeconds (never past its own expiry), then is rejected everywhere.";
+  "working for gracePeriodSeconds (never past its own expiry), then is rejected everywhere. A revoked or unknown " +
+  "key is 404; an expired key is 409 (create a new one); a rotation that races another is 409.";
 
 const rotateSchema = (operationId: string, summary: string, params?: object) => ({
   operationId,
