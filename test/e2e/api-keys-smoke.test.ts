@@ -35,6 +35,15 @@ describe("API keys over HTTP (smoke)", () => {
     const items = (await list.json()) as { value: string }[];
     expect(items).toHaveLength(1);
     expect(items[0]?.value).toBe(`dtn${"*".repeat(20)}${body.value.slice(-3)}`);
+    // A trailing slash is the same route (as in Daytona), for the list, a key and the presented key.
+    const slashed = await fetch(`${api.baseUrl}/api/api-keys/`, { headers });
+    expect(slashed.status).toBe(200);
+    expect(await slashed.json()).toEqual(items);
+    expect((await fetch(`${api.baseUrl}/api/api-keys/ci/`, { headers })).status).toBe(200);
+    const currentSlashed = await fetch(`${api.baseUrl}/api/api-keys/current/`, {
+      headers: { authorization: `Bearer ${body.value}` },
+    });
+    expect(currentSlashed.status).toBe(200);
 
     const deleted = await fetch(`${api.baseUrl}/api/api-keys/ci`, { method: "DELETE", headers });
     expect(deleted.status).toBe(204);

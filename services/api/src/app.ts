@@ -78,7 +78,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     // genReqId instead, so a caller's id is kept only when it is a plain token (as on the cached /current path).
     requestIdHeader: false,
     genReqId: (req) => requestIdFor(req.headers["x-request-id"]),
-    routerOptions: { maxParamLength: 1024, ignoreDuplicateSlashes: false },
+    // `/api/api-keys/` is the list, as in Daytona (Express routes ignore a trailing slash), not `/:name` with an empty name.
+    routerOptions: { maxParamLength: 1024, ignoreDuplicateSlashes: false, ignoreTrailingSlash: true },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
