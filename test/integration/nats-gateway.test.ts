@@ -81,9 +81,12 @@ describe("gateway: API keys checked at the edge, revocations over NATS", () => {
     await stream.cleanup();
   });
 
-  async function createKey(permissions: string[] = ["write:sandboxes", "read:volumes"]) {
-    const org = uniqueId("org");
-    const user = uniqueId("user");
+  async function createKey(
+    permissions: string[] = ["write:sandboxes", "read:volumes"],
+    ids: { org?: string; user?: string } = {},
+  ) {
+    const org = ids.org ?? uniqueId("org");
+    const user = ids.user ?? uniqueId("user");
     await api.setMember(org, user, "owner");
     const headers = { ...(await api.jwtHeaders(user, org)), "content-type": "application/json" };
     const name = "edge";
@@ -130,6 +133,37 @@ describe("gateway: API keys checked at the edge, revocations over NATS", () => {
     expect(echo.headers["x-keyledger-organization-id"]).toBe(org);
     expect(echo.headers["x-keyledger-permissions"]?.split(",").sort()).toEqual(["read:volumes", "write:sandboxes"]);
     expect(echo.headers["x-keyledger-extra"]).toBeUndefined();
+  });
+
+  it("carries owners' ids that are no valid header value percent-encoded, in both modes, without crashing", async () => {
+    // Outside Latin-1, beyond ASCII, a space and a `%` (the API refuses control characters in ids; the organization
+    // id goes to the API in a header itself, so it stays within Latin-1).
+    const user = `${uniqueId("u😀")} 世界 ü%|`;
+    const org = `${uniqueId("org")} é%`;
+    const { value } = await createKey(["write:sandboxes"], { user, org });
+    const encodedUser = encodeURIComponent(user).replaceAll("%7C", "|");
+    const res = await viaGateway(value, "/sandbox/1");
+    expect(res.status).toBe(200);
+    const echo = (await res.json()) as Echo;
+    expect(echo.headers["x-keyledger-user-id"]).toBe(encodedUser);
+    expect(decodeURIComponent(echo.headers["x-keyledger-user-id"] as string)).toBe(user);
+    expect(decodeURIComponent(echo.headers["x-keyledger-organization-id"] as string)).toBe(org);
+    const edge = await buildGateway({ mode: "forward-auth", verifier });
+    try {
+      const edgeUrl = await edge.listen({ port: 0, host: "127.0.0.1" });
+      // Twice: a lookup at the API (answered in a promise's callback), then most likely a cache hit.
+      for (let i = 0; i < 2; i++) {
+        const allowed = await fetch(`${edgeUrl}/verify`, {
+          headers: { authorization: `Bearer ${value}` },
+          signal: AbortSignal.timeout(10_000),
+        });
+        expect(allowed.status).toBe(200);
+        expect(decodeURIComponent(allowed.headers.get("x-keyledger-user-id") as string)).toBe(user);
+        expect(decodeURIComponent(allowed.headers.get("x-keyledger-organization-id") as string)).toBe(org);
+      }
+    } finally {
+      await edge.close();
+    }
   });
 
   it("answers 401 with Daytona's error body for missing, malformed, unknown and JWT credentials", async () => {

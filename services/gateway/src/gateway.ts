@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse, STATUS_CODES } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
+import { redactSecrets } from "@keyledger/domain";
 import type { VerifiedKey, Verifier, VerifyResult } from "@keyledger/verifier";
 import { buildConnector, type Dispatcher, Pool } from "undici";
 
@@ -43,16 +44,50 @@ export const USER_ID_HEADER = "x-keyledger-user-id";
 export const ORGANIZATION_ID_HEADER = "x-keyledger-organization-id";
 export const PERMISSIONS_HEADER = "x-keyledger-permissions";
 
+/** Text that is an identity header value as it is: visible ASCII (0x21-0x7E) except `%`. */
+const HEADER_VALUE_AS_IS = /^[\x21-\x24\x26-\x7e]*$/;
+
+/**
+ * `value` as an identity header value: visible ASCII (0x21-0x7E) stays as it is, except `%`; `%`, space, control
+ * characters and everything beyond ASCII are percent-encoded (UTF-8 bytes, uppercase hex). Any id is then a valid
+ * header value, `decodeURIComponent` gives it back exactly, and the usual ids (UUIDs, `auth0|abc`, emails) are
+ * unchanged. A lone UTF-16 surrogate (no UTF-8 form) is encoded as U+FFFD.
+ */
+export function encodeIdentityHeaderValue(value: string): string {
+  if (HEADER_VALUE_AS_IS.test(value)) return value;
+  let encoded = "";
+  for (const char of value) {
+    const code = char.charCodeAt(0);
+    if (code >= 0x21 && code <= 0x7e && code !== 0x25) {
+      encoded += char;
+      continue;
+    }
+    for (const byte of Buffer.from(char, "utf8"))
+      encoded += `%${byte < 16 ? "0" : ""}${byte.toString(16).toUpperCase()}`;
+  }
+  return encoded;
+}
+
 /** The verified key's identity as raw header pairs (name, value, ...), upstream or in a forward-auth answer. */
 function pushIdentityHeaders(headers: string[], key: VerifiedKey): void {
   headers.push(
     USER_ID_HEADER,
-    key.userId,
+    encodeIdentityHeaderValue(key.userId),
     ORGANIZATION_ID_HEADER,
-    key.organizationId,
+    encodeIdentityHeaderValue(key.organizationId),
     PERMISSIONS_HEADER,
-    key.permissions.join(","),
+    encodeIdentityHeaderValue(key.permissions.join(",")),
   );
+}
+
+/**
+ * A client header the gateway never forwards: `X-Keyledger-*`, also spelled with `_` for `-` (`X_Keyledger_User_Id`),
+ * which CGI, WSGI, PHP and Rack upstreams read as the same variable as the gateway's own header.
+ */
+function isIdentityHeader(lower: string): boolean {
+  if (lower.length < IDENTITY_HEADER_PREFIX.length || lower.charCodeAt(0) !== 120 /* "x" */) return false;
+  if (lower.startsWith(IDENTITY_HEADER_PREFIX)) return true;
+  return lower.slice(0, IDENTITY_HEADER_PREFIX.length).replaceAll("_", "-") === IDENTITY_HEADER_PREFIX;
 }
 
 /** Paths that never appear in logs with their secrets. */
@@ -75,10 +110,10 @@ const HOP_BY_HOP = new Set([
   "upgrade",
 ]);
 
-/** Daytona's error body: `{ path, timestamp, statusCode, error, message }`. */
-function sendError(res: ServerResponse, path: string, statusCode: number, message: string): void {
-  sendJson(res, statusCode, {
-    path,
+/** Daytona's error body: `{ path, timestamp, statusCode, error, message }`; never echoes a key or a JWT in `path`. */
+function errorBody(path: string, statusCode: number, message: string): string {
+  return JSON.stringify({
+    path: redactSecrets(path),
     timestamp: new Date().toISOString(),
     statusCode,
     error: STATUS_CODES[statusCode] ?? "Error",
@@ -86,15 +121,58 @@ function sendError(res: ServerResponse, path: string, statusCode: number, messag
   });
 }
 
+/** Answers with the error body; `close`: and closes the connection. */
+function sendError(res: ServerResponse, path: string, statusCode: number, message: string, close = false): void {
+  sendBody(res, statusCode, errorBody(path, statusCode, message), close);
+}
+
 function sendJson(res: ServerResponse, statusCode: number, value: unknown): void {
-  const body = JSON.stringify(value);
-  res.writeHead(statusCode, [
+  sendBody(res, statusCode, JSON.stringify(value), false);
+}
+
+function sendBody(res: ServerResponse, statusCode: number, body: string, close: boolean): void {
+  const headers = [
     "content-type",
     "application/json; charset=utf-8",
     "content-length",
     String(Buffer.byteLength(body)),
-  ]);
+  ];
+  if (close) headers.push("connection", "close");
+  res.writeHead(statusCode, headers);
   res.end(body);
+}
+
+/**
+ * Requests node's HTTP parser refuses (an unknown method, bad framing, headers too large, a timeout): the error body
+ * and `Connection: close` when nothing of an answer is on the connection yet, else the connection is cut.
+ */
+function onClientError(error: Error & { code?: string }, socket: Socket): void {
+  const inFlight = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+  if (error.code !== "ECONNRESET" && socket.writable && !inFlight?.headersSent) {
+    const status =
+      error.code === "HPE_HEADER_OVERFLOW"
+        ? 431
+        : error.code === "HPE_CHUNK_EXTENSIONS_OVERFLOW"
+          ? 413
+          : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
+            ? 408
+            : 400;
+    const body = errorBody("", status, status === 400 ? "Malformed HTTP request" : (STATUS_CODES[status] ?? "Error"));
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
+}
+
+/** Whether the client's raw headers have a Host header. */
+function hasHost(rawHeaders: string[]): boolean {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string;
+    if (name.length === 4 && name.toLowerCase() === "host") return true;
+  }
+  return false;
 }
 
 /** Names listed in a Connection header (besides keep-alive/close): hop-by-hop for this message only. */
@@ -117,6 +195,8 @@ function connectionTokens(value: string): Set<string> | undefined {
 /** What one pass over the client's raw headers finds. */
 type Inbound = {
   bearer: string | undefined;
+  /** Whether the client sent a Host header. */
+  host: boolean;
   /** The headers to send upstream (flat name/value list), without the hop-by-hop and identity ones. */
   forward: string[];
   hasBody: boolean;
@@ -127,6 +207,7 @@ function readInbound(rawHeaders: string[]): Inbound {
   let authorization: string | undefined;
   let hasBody = false;
   let connection: string | undefined;
+  let host = false;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
     const value = rawHeaders[i + 1] as string;
@@ -140,7 +221,10 @@ function readInbound(rawHeaders: string[]): Inbound {
       if (lower === "transfer-encoding") hasBody = true;
       else if (lower === "connection") connection = value;
       continue;
-    } else if (lower === "host" || lower.startsWith(IDENTITY_HEADER_PREFIX)) {
+    } else if (lower === "host") {
+      host = true;
+      continue;
+    } else if (isIdentityHeader(lower)) {
       continue;
     }
     forward.push(name, value);
@@ -155,7 +239,7 @@ function readInbound(rawHeaders: string[]): Inbound {
     }
   }
   const bearer = authorization === undefined ? undefined : BEARER.exec(authorization)?.[1];
-  return { bearer, forward, hasBody };
+  return { bearer, host, forward, hasBody };
 }
 
 /**
@@ -255,7 +339,7 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
       this.res.destroy(error);
       return;
     }
-    this.log.warn({ err: error, path: this.path }, "upstream request failed");
+    this.log.warn({ err: error, path: redactSecrets(this.path) }, "upstream request failed");
     this.req.resume();
     sendError(this.res, this.path, 502, "Upstream unavailable");
   }
@@ -368,19 +452,64 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     sendError(res, pathFor(req, url), 503, "Service temporarily unavailable");
   };
 
-  const server = createServer((req, res) => {
-    const url = req.url ?? "/";
+  /** Handling a request threw (a bug, or a key the answer cannot carry): 503 for the client, never a crash. */
+  const crashed = (req: IncomingMessage, res: ServerResponse, url: string, error: unknown) => {
+    try {
+      log.warn({ err: error, path: redactSecrets(pathFor(req, url)) }, "request handling failed");
+      if (res.destroyed) return;
+      // Part of an answer is out: all the client can be told is that it is cut short.
+      if (res.headersSent) return void res.destroy();
+      req.resume();
+      sendError(res, pathFor(req, url), 503, "Service temporarily unavailable");
+    } catch {
+      res.destroy();
+    }
+  };
+
+  /** `decide` after a lookup at the API, outside the request handler: nothing it throws may go unhandled. */
+  const decideLater = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: string,
+    inbound: Inbound,
+    result: VerifyResult<VerifiedKey>,
+  ) => {
+    try {
+      decide(req, res, url, inbound, result);
+    } catch (error) {
+      crashed(req, res, url, error);
+    }
+  };
+
+  const failedLater = (req: IncomingMessage, res: ServerResponse, url: string, error: unknown) => {
+    try {
+      failed(req, res, url, error);
+    } catch (thrown) {
+      crashed(req, res, url, thrown);
+    }
+  };
+
+  /** RFC 9112 3.2: an HTTP/1.1 request without Host is answered 400 (node's own answer would have no body). */
+  const missingHost = (req: IncomingMessage, res: ServerResponse, url: string) => {
+    req.resume();
+    sendError(res, pathFor(req, url), 400, "Missing Host header", true);
+  };
+
+  const handle = (req: IncomingMessage, res: ServerResponse, url: string) => {
+    const http11 = req.httpVersionMajor === 1 && req.httpVersionMinor === 1;
     if (url.charCodeAt(0) === 47 /* "/" */ && url.startsWith("/health/")) {
+      if (http11 && !hasHost(req.rawHeaders)) return missingHost(req, res, url);
       const query = url.indexOf("?");
       if (health(query === -1 ? url : url.slice(0, query), res)) return;
     }
+    const inbound = readInbound(req.rawHeaders);
+    if (http11 && !inbound.host) return missingHost(req, res, url);
     if (mode === "proxy" && url.charCodeAt(0) !== 47) {
       // An absolute-form or `*` target: not a request for upstream.
       req.resume();
       sendError(res, url, 400, "Bad request target");
       return;
     }
-    const inbound = readInbound(req.rawHeaders);
     if (inbound.bearer === undefined) {
       req.resume();
       sendError(res, pathFor(req, url), 401, "Invalid credentials");
@@ -393,10 +522,21 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       return;
     }
     verifier.verify(inbound.bearer, { clientIp: req.socket.remoteAddress }).then(
-      (result) => decide(req, res, url, inbound, result),
-      (error: unknown) => failed(req, res, url, error),
+      (result) => decideLater(req, res, url, inbound, result),
+      (error: unknown) => failedLater(req, res, url, error),
     );
+  };
+
+  // Node's check for the Host header answers 400 without a body: the gateway checks it itself (`missingHost`).
+  const server = createServer({ requireHostHeader: false }, (req, res) => {
+    const url = req.url ?? "/";
+    try {
+      handle(req, res, url);
+    } catch (error) {
+      crashed(req, res, url, error);
+    }
   });
+  server.on("clientError", onClientError);
   // As fastify's defaults: clients' connections outlive a typical load balancer's idle timeout.
   server.keepAliveTimeout = 72_000;
 

@@ -1,8 +1,17 @@
-import { createServer, type IncomingMessage, request, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { createServer, type IncomingMessage, request, type Server, STATUS_CODES } from "node:http";
+import { type AddressInfo, connect } from "node:net";
+import { Writable } from "node:stream";
 import type { VerifiedKey, Verifier, VerifyResult } from "@keyledger/verifier";
+import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildGateway, type Gateway, GatewayConfigError, parseGatewayConfig } from "../src/index";
+import {
+  buildGateway,
+  encodeIdentityHeaderValue,
+  GATEWAY_LOG_REDACTIONS,
+  type Gateway,
+  GatewayConfigError,
+  parseGatewayConfig,
+} from "../src/index";
 
 const GOOD = "good-key";
 const KEY: VerifiedKey = {
@@ -13,14 +22,20 @@ const KEY: VerifiedKey = {
   expiresAt: null,
 };
 
-/** A verifier that knows one key; `failing` makes lookups reject (the API unreachable). */
-function fakeVerifier(options: { failing?: boolean } = {}): Verifier {
+/**
+ * A verifier that knows one key (`key`, KEY by default); `failing` makes lookups reject (the API unreachable);
+ * `cached`: answers from `peek` (a cache hit, decided in the request handler) instead of `verify`.
+ */
+function fakeVerifier(options: { failing?: boolean; key?: VerifiedKey; cached?: boolean } = {}): Verifier {
+  const answer = (bearer: string): VerifyResult =>
+    bearer === GOOD ? { valid: true, key: options.key ?? KEY } : { valid: false, code: "NOT_FOUND" };
   return {
     verify: (bearer: string): Promise<VerifyResult> => {
       if (options.failing) return Promise.reject(new Error("API unreachable"));
-      return Promise.resolve(bearer === GOOD ? { valid: true, key: KEY } : { valid: false, code: "NOT_FOUND" });
+      return Promise.resolve(answer(bearer));
     },
-    peek: () => undefined, // no cache: every request goes through verify()
+    // Without `cached`, no cache: every request goes through verify().
+    peek: (bearer: string) => (options.cached ? answer(bearer) : undefined),
     subscribed: true,
     invalidation: "nats",
     whenSubscribed: () => Promise.resolve(true),
@@ -87,8 +102,50 @@ function send(
       res.on("error", reject);
     });
     req.on("error", reject);
+    // A request the gateway never answers fails the test here rather than at the test's timeout.
+    req.setTimeout(10_000, () => req.destroy(new Error(`no answer from ${url} in 10 s`)));
     req.end(options.body);
   });
+}
+
+/** Sends `raw` on a TCP connection of its own; resolves with all the gateway wrote before closing it. */
+function rawExchange(url: string, raw: string): Promise<{ head: string; body: string }> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname);
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    socket.on("error", reject);
+    socket.on("close", () => {
+      const text = Buffer.concat(chunks).toString("utf8");
+      const end = text.indexOf("\r\n\r\n");
+      resolve(end === -1 ? { head: text, body: "" } : { head: text.slice(0, end), body: text.slice(end + 4) });
+    });
+    socket.setTimeout(10_000, () => socket.destroy(new Error("the gateway did not close the connection")));
+    socket.write(raw);
+  });
+}
+
+/** A pino logger (as main.ts builds it) writing to memory; `text()` is everything logged so far. */
+function capturedLog() {
+  const lines: string[] = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      lines.push(chunk.toString());
+      callback();
+    },
+  });
+  const log = pino({ level: "debug", redact: { paths: GATEWAY_LOG_REDACTIONS, censor: "[redacted]" } }, stream);
+  return { log, text: () => lines.join("") };
+}
+
+/** A port where nothing listens. */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }
 
 describe("gateway (proxy and forward-auth modes, fake verifier)", () => {
@@ -235,6 +292,177 @@ describe("gateway (proxy and forward-auth modes, fake verifier)", () => {
         checks: { nats: "subscribed" },
       });
     }
+  });
+});
+
+describe("gateway: hostile identities, headers, URLs and requests", () => {
+  let upstream: { server: Server; url: string };
+  const gateways: Gateway[] = [];
+  const start = async (options: Parameters<typeof buildGateway>[0]) => {
+    const gateway = await buildGateway(options);
+    gateways.push(gateway);
+    return gateway.listen({ port: 0, host: "127.0.0.1" });
+  };
+
+  beforeAll(async () => {
+    upstream = await startUpstream();
+  });
+  afterAll(async () => {
+    for (const gateway of gateways) await gateway.close();
+    await new Promise((resolve) => upstream?.server.close(resolve));
+  });
+
+  it("encodes identity header values: visible ASCII but % as is, the rest percent-encoded UTF-8", () => {
+    for (const common of ["550e8400-e29b-41d4-a716-446655440000", "auth0|abc", "jane.doe+x@example.com", "a,b:c"]) {
+      expect(encodeIdentityHeaderValue(common)).toBe(common);
+    }
+    expect(encodeIdentityHeaderValue("u😀")).toBe("u%F0%9F%98%80");
+    expect(encodeIdentityHeaderValue("a b%c")).toBe("a%20b%25c");
+    expect(encodeIdentityHeaderValue("\u0001\t\r\n\u007f\u00e9\u4e16")).toBe("%01%09%0D%0A%7F%C3%A9%E4%B8%96");
+    for (const id of ["u😀", "a b%c", "%41", "\u0000x\u00ff", "ünïcødé 世界 %25", "auth0|abc"]) {
+      expect(decodeURIComponent(encodeIdentityHeaderValue(id))).toBe(id);
+    }
+  });
+
+  it("carries ids that are no valid header value, percent-encoded, in both modes", async () => {
+    const key: VerifiedKey = { ...KEY, userId: "u😀 ü%\u0001", organizationId: "org 世界\u007f" };
+    const encoded = { user: "u%F0%9F%98%80%20%C3%BC%25%01", org: "org%20%E4%B8%96%E7%95%8C%7F" };
+    for (const cached of [false, true]) {
+      const forwardAuth = await start({ mode: "forward-auth", verifier: fakeVerifier({ key, cached }) });
+      const allowed = await send(`${forwardAuth}/verify`, { headers: { authorization: `Bearer ${GOOD}` } });
+      expect(allowed.status).toBe(200);
+      expect(allowed.headers).toMatchObject({
+        "x-keyledger-user-id": encoded.user,
+        "x-keyledger-organization-id": encoded.org,
+        "x-keyledger-permissions": "write:sandboxes,read:volumes",
+      });
+      expect(decodeURIComponent(allowed.headers["x-keyledger-user-id"] as string)).toBe(key.userId);
+
+      const proxy = await start({ upstreamUrl: upstream.url, verifier: fakeVerifier({ key, cached }) });
+      const res = await send(`${proxy}/sandbox/1`, { headers: { authorization: `Bearer ${GOOD}` } });
+      expect(res.status).toBe(201);
+      const echo = JSON.parse(res.body.toString()) as Echo;
+      expect(echo.headers["x-keyledger-user-id"]).toBe(encoded.user);
+      expect(decodeURIComponent(echo.headers["x-keyledger-organization-id"] as string)).toBe(key.organizationId);
+    }
+  });
+
+  it("answers 503 and logs a warning when deciding a request throws, and goes on serving", async () => {
+    // A key the answer cannot be built from (no permissions list): deciding throws.
+    const broken = { ...KEY, permissions: null } as unknown as VerifiedKey;
+    for (const mode of ["forward-auth", "proxy"] as const) {
+      for (const cached of [false, true]) {
+        const { log, text } = capturedLog();
+        const url = await start({
+          mode,
+          upstreamUrl: upstream.url,
+          verifier: fakeVerifier({ key: broken, cached }),
+          log,
+        });
+        const res = await send(`${url}/sandbox/1`, { headers: { authorization: `Bearer ${GOOD}` } });
+        expect(res.status).toBe(503);
+        expect(JSON.parse(res.body.toString())).toMatchObject({
+          path: "/sandbox/1",
+          statusCode: 503,
+          error: "Service Unavailable",
+          message: "Service temporarily unavailable",
+        });
+        expect(text()).toContain("request handling failed");
+        expect((await send(`${url}/other`, { headers: { authorization: "Bearer nope" } })).status).toBe(401);
+      }
+    }
+  });
+
+  it("drops client headers spelling X-Keyledger-* with underscores", async () => {
+    const proxy = await start({ upstreamUrl: upstream.url, verifier: fakeVerifier() });
+    const res = await send(`${proxy}/x`, {
+      headers: {
+        authorization: `Bearer ${GOOD}`,
+        "X-Keyledger_User_Id": "admin",
+        X_Keyledger_Permissions: "x",
+        "x_keyledger-organization_id": "other-org",
+        X_KEYLEDGER_EXTRA: "spoof",
+        x_other: "kept",
+      },
+    });
+    expect(res.status).toBe(201);
+    const { headers } = JSON.parse(res.body.toString()) as Echo;
+    const identity = Object.entries(headers).filter(([name]) => name.replaceAll("_", "-").startsWith("x-keyledger-"));
+    expect(Object.fromEntries(identity)).toEqual({
+      "x-keyledger-user-id": "user-1",
+      "x-keyledger-organization-id": "org-1",
+      "x-keyledger-permissions": "write:sandboxes,read:volumes",
+    });
+    expect(headers.x_other).toBe("kept");
+  });
+
+  it("never writes a key or a JWT from the URL to its logs or error bodies", async () => {
+    const apiKey = `dtn_${"0a1b2c3d".repeat(8)}`;
+    const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg";
+    const secrets = [apiKey, apiKey.slice(4), jwt, jwt.split(".")[1] as string];
+    const paths = [
+      `/x?api_key=${apiKey}`,
+      `/x?access_token=${jwt}`,
+      `/keys/dtn%5F${apiKey.slice(4)}`,
+      `/keys/dtn%5f${apiKey.slice(4)}?a=1`,
+    ];
+    const { log, text } = capturedLog();
+    const down = `http://127.0.0.1:${await closedPort()}`;
+    const proxy = await start({ upstreamUrl: down, verifier: fakeVerifier(), log });
+    const forwardAuth = await start({ mode: "forward-auth", verifier: fakeVerifier(), log });
+    const bodies: string[] = [];
+    for (const path of paths) {
+      const failed = await send(`${proxy}${path}`, { headers: { authorization: `Bearer ${GOOD}` } });
+      expect(failed.status).toBe(502);
+      const denied = await send(`${proxy}${path}`);
+      expect(denied.status).toBe(401);
+      const deniedAtEdge = await send(`${forwardAuth}/verify`, { headers: { "x-forwarded-uri": path } });
+      expect(deniedAtEdge.status).toBe(401);
+      for (const res of [failed, denied, deniedAtEdge]) {
+        const body = res.body.toString();
+        expect(JSON.parse(body).path).toContain("[redacted]");
+        bodies.push(body);
+      }
+    }
+    expect(text().match(/upstream request failed/g)).toHaveLength(paths.length);
+    expect(text()).toContain("[redacted]");
+    for (const secret of secrets) {
+      expect(text()).not.toContain(secret);
+      for (const body of bodies) expect(body).not.toContain(secret);
+    }
+  });
+
+  it("answers requests node's parser refuses with the JSON error body and Connection: close", async () => {
+    const url = await start({ upstreamUrl: upstream.url, verifier: fakeVerifier() });
+    const expectError = async (raw: string, status: number, message: string) => {
+      const { head, body } = await rawExchange(url, raw);
+      expect(head.split("\r\n")[0]).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status]}`);
+      expect(head.toLowerCase()).toContain("connection: close");
+      expect(head.toLowerCase()).toContain("content-type: application/json");
+      expect(JSON.parse(body)).toMatchObject({ statusCode: status, error: STATUS_CODES[status], message });
+      expect(typeof JSON.parse(body).path).toBe("string");
+      expect(typeof JSON.parse(body).timestamp).toBe("string");
+    };
+    // HTTP/1.1 without Host (RFC 9112 3.2), on any path.
+    await expectError(`GET /x HTTP/1.1\r\nAuthorization: Bearer ${GOOD}\r\n\r\n`, 400, "Missing Host header");
+    await expectError("GET /health/live HTTP/1.1\r\n\r\n", 400, "Missing Host header");
+    // Refused by the parser: an unknown method, a bad header line, conflicting framing, headers too large.
+    await expectError("FOO /x HTTP/1.1\r\nHost: a\r\n\r\n", 400, "Malformed HTTP request");
+    await expectError("GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", 400, "Malformed HTTP request");
+    await expectError(
+      "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+      400,
+      "Malformed HTTP request",
+    );
+    await expectError(
+      `GET /x HTTP/1.1\r\nHost: a\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`,
+      431,
+      "Request Header Fields Too Large",
+    );
+    // HTTP/1.0 needs no Host.
+    const old = await rawExchange(url, "GET /health/live HTTP/1.0\r\n\r\n");
+    expect(old.head.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
+    expect(JSON.parse(old.body)).toEqual({ status: "ok" });
   });
 });
 
