@@ -94,6 +94,12 @@ describe("secrets in logs and error messages", () => {
     expectError(await request("GET", "/api/api-keys/current", { authorization: `Bearer ${value.slice(0, -1)}x` }), 401);
     expectError(await request("GET", `/api/api-keys/${value}`, ownerHeaders), 404); // a key in the path
     expectError(await request("GET", `/${value}`, ownerHeaders), 404); // no such route: "Cannot GET /…"
+    // Behind percent-encoding: the path decodes to the key.
+    expectError(await request("GET", `/api/api-keys/${value.replace("_", "%5F")}`, ownerHeaders), 404);
+    expectError(await request("GET", `/api/api-keys/current?key=${value.replace("_", "%5f")}`, {}), 401);
+    // As a request id (a plain token otherwise): replaced, as it would be logged, echoed and stored.
+    const asRequestId = await fetch(`${api.baseUrl}/health/live`, { headers: { "x-request-id": value } });
+    expect(asRequestId.headers.get("x-request-id")).not.toContain(value);
     expectError(
       await request("GET", `/api/api-keys/current?key=${value}&token=${ownerHeaders.authorization}`, {}),
       401,
@@ -125,9 +131,11 @@ describe("secrets in logs and error messages", () => {
     const leaks = lines.filter((line) => [...secrets].some((secret) => line.includes(secret)));
     expect(leaks.map((line) => line.slice(0, 300))).toEqual([]);
     // Nor a fragment of a key long enough to matter, nor a JWT of any kind.
-    expect(lines.filter((line) => /dtn_[0-9a-f]{16,}|eyJ[A-Za-z0-9_-]{10,}\./.test(line))).toEqual([]);
+    expect(lines.filter((line) => /dtn(?:_|%5f)[0-9a-f]{16,}|eyJ[A-Za-z0-9_-]{10,}\./i.test(line))).toEqual([]);
 
-    const echoed = errorMessages.filter((m) => [...secrets].some((s) => m.includes(s)) || /dtn_[0-9a-f]{4,}/.test(m));
+    const echoed = errorMessages.filter(
+      (m) => [...secrets].some((s) => m.includes(s)) || /dtn(?:_|%5f)[0-9a-f]{4,}/i.test(m),
+    );
     expect(echoed).toEqual([]);
   });
 });

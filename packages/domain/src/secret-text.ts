@@ -8,6 +8,11 @@ const HAS_SECRET = new RegExp(SECRET.source);
 /** A percent-encoded ASCII character (every character of a key or a JWT is ASCII). */
 const ENCODED_ASCII = /%([0-7][0-9A-Fa-f])/g;
 
+/** Whether `text` holds a secret, as is or behind percent-encoding (what `redactSecrets` would change). */
+export function containsSecret(text: string): boolean {
+  return redactSecrets(text) !== text;
+}
+
 /**
  * `text` with every secret replaced by `[redacted]`. A secret hidden behind percent-encoding (`dtn%5F…` in a URL
  * path decodes to a key) is found too: then the text is returned with its ASCII escapes decoded, and redacted.
