@@ -779,6 +779,9 @@ describe("HTTP fuzz", () => {
       `GET /api/api-keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\u0000b\r\nConnection: close\r\n\r\n`,
       `GET /api/api-keys HTTP/1.1\r\nHost: x\r\nX-Daytona-Organization-ID: caf\u00e9\r\nAuthorization: ${jwtA}\r\nConnection: close\r\n\r\n`,
       `BREW /api/api-keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`,
+      // HTTP/1.1 without Host (RFC 9112 3.2): 400, and the server closes the connection itself.
+      `GET /api/api-keys HTTP/1.1\r\nAuthorization: ${jwtA}\r\nX-Daytona-Organization-ID: ${orgA}\r\n\r\n`,
+      "GET /api/api-keys/current HTTP/1.1\r\nAuthorization: Bearer dtn_0000\r\n\r\n",
       `GET /api/api-keys HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n`,
       "GET\r\n\r\n",
       "\u0016\u0003\u0001\u0002\u0000\u0001\u0000\u0001\u00fc\u0003\u0003",
@@ -801,5 +804,8 @@ describe("HTTP fuzz", () => {
     }
     const alive = await fetch(`${api.baseUrl}/health/live`);
     expect(alive.status).toBe(200);
+    // HTTP/1.0 has no Host requirement.
+    const http10 = await raw("GET /health/live HTTP/1.0\r\n\r\n");
+    expect(http10.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
   });
 });

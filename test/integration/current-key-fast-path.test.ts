@@ -31,7 +31,8 @@ const DECLINED = 599;
 
 /** A server where `answerer` goes first and a stand-in for fastify answers 599 to what it declines. */
 async function answeringServer(answerer: CachedCurrentKeyAnswerer): Promise<{ url: string; close(): Promise<void> }> {
-  const server = createServer((req, res) => {
+  // As the API's server: requests without Host reach the answerer (fastify answers them 400).
+  const server = createServer({ requireHostHeader: false }, (req, res) => {
     if (answerer.answer(req, res)) return;
     req.resume();
     res.writeHead(DECLINED).end();
@@ -48,7 +49,7 @@ type Answer = { status: number; headers: IncomingMessage["headers"]; body: strin
 /** One request with exactly the header lines given (repeated names stay repeated), over a fresh connection. */
 function send(
   url: string,
-  options: { method?: string; path?: string; headers?: [string, string][]; body?: string } = {},
+  options: { method?: string; path?: string; headers?: [string, string][]; body?: string; setHost?: boolean } = {},
 ): Promise<Answer> {
   const target = new URL(options.path ?? "/api/api-keys/current", url);
   // A name given twice is sent as two header lines.
@@ -58,7 +59,8 @@ function send(
     headers[name] = seen === undefined ? value : [...(Array.isArray(seen) ? seen : [seen]), value];
   }
   return new Promise((resolve, reject) => {
-    const req = httpRequest(target, { method: options.method ?? "GET", headers, agent: false }, (res) => {
+    const request = { method: options.method ?? "GET", headers, agent: false, setHost: options.setHost ?? true };
+    const req = httpRequest(target, request, (res) => {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (chunk) => {
@@ -218,6 +220,7 @@ describe("the cached /current answer, ahead of fastify", () => {
       ["a revoked key", { headers: [["authorization", `Bearer ${revoked}`]] }],
       ["Cache-Control: no-cache", { headers: [bearer, ["cache-control", "no-cache"]] }],
       ["a body", { headers: [bearer, ["content-type", "application/json"], ["content-length", "2"]], body: "{}" }],
+      ["no Host header", { headers: [bearer], setHost: false }],
     ];
     for (const [what, options] of declined) {
       const answer = await send(url, options);

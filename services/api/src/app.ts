@@ -7,6 +7,7 @@ import { type ApiKeyVerifier, createApiKeyVerifier } from "./api-key-verifier";
 import { KeyCommands, type OnCommitted } from "./commands/key-commands";
 import type { DevIssuer } from "./dev-issuer";
 import { ApiEventBus, type EventBusOptions } from "./event-bus";
+import { ApiError } from "./http-errors";
 import { KeyUsageRecorder } from "./key-usage-recorder";
 import { recordReportedKeyUses } from "./key-use-reports";
 import { measureLogReaderLag } from "./log-reader-lag";
@@ -79,6 +80,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     requestIdHeader: false,
     genReqId: (req) => requestIdFor(req.headers["x-request-id"]),
     // `/api/api-keys/` is the list, as in Daytona (Express routes ignore a trailing slash), not `/:name` with an empty name.
+    http: { requireHostHeader: false },
     routerOptions: { maxParamLength: 1024, ignoreDuplicateSlashes: false, ignoreTrailingSlash: true },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
@@ -143,6 +145,11 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   // payload without running an onSend stage on every response.
   app.addHook("onRequest", (request, reply, done) => {
     reply.header("x-request-id", request.id);
+    // RFC 9112 3.2 (node's own check answers without a body, so it is off: `http.requireHostHeader`).
+    if (request.headers.host === undefined && request.raw.httpVersion === "1.1") {
+      reply.header("connection", "close");
+      return done(new ApiError(400, "Missing Host header"));
+    }
     done();
   });
   app.addHook("onClose", async () => {
