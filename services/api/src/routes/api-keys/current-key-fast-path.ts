@@ -78,7 +78,7 @@ export function cachedCurrentKeyAnswerer(options: CachedCurrentKeyOptions): Cach
     if (rateLimits.isOrganizationExhausted(key.organizationId, now)) return false;
     try {
       const requestId = requestIdFor(headers["x-request-id"]);
-      const body = currentKeyBody(key.row, key.keyHash, key.validUntil);
+      const body = currentKeyBody(key.row, key.keyHash, key.validUntil, token);
       const responseHeaders = [
         "content-type",
         "application/json; charset=utf-8",

@@ -5,7 +5,7 @@ import type { Kysely } from "kysely";
 import type { KeyCommands } from "../../commands/key-commands";
 import { ApiError, apiKeyNotFound } from "../../http-errors";
 import { newKeyValue } from "../../key-values";
-import { requireApiKey, requireJwt } from "../../plugins/app/authentication";
+import { presentedBearerToken, requireApiKey, requireJwt } from "../../plugins/app/authentication";
 import { findLiveApiKey, listLiveApiKeysJson } from "../../read-model-queries";
 import { asApiError, jwtCommandContext } from "./domain-errors";
 import { currentKeyBody, toApiKeyListItem } from "./list-item";
@@ -117,7 +117,14 @@ export default async function apiKeyRoutes(app: FastifyInstance, { db, commands 
       const auth = requireApiKey(request);
       return reply
         .type("application/json; charset=utf-8")
-        .send(currentKeyBody(auth.key, auth.keyHash, auth.validUntil));
+        .send(
+          currentKeyBody(
+            auth.key,
+            auth.keyHash,
+            auth.validUntil,
+            presentedBearerToken(request.headers, request.raw.rawHeaders) as string,
+          ),
+        );
     },
   );
 
