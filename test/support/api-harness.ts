@@ -36,6 +36,7 @@ export async function startApi(
     database?: { maxConnections?: number; statementTimeoutMs?: number };
     /** LISTEN/NOTIFY source (wakes audit event streams). */
     notifications?: AppOptions["notifications"];
+    corsOrigins?: AppOptions["corsOrigins"];
   } = {},
 ): Promise<RunningApi> {
   const issuer = await startTestIssuer();
@@ -56,6 +57,7 @@ export async function startApi(
     trustProxy: options.trustProxy,
     nats: options.nats,
     notifications: options.notifications,
+    corsOrigins: options.corsOrigins,
   });
   await app.listen({ port: 0, host: "127.0.0.1" });
   const { port } = app.server.address() as AddressInfo;

@@ -5,6 +5,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastif
 import type { Kysely } from "kysely";
 import { type ApiKeyVerifier, createApiKeyVerifier } from "./api-key-verifier";
 import { KeyCommands, type OnCommitted } from "./commands/key-commands";
+import type { CorsOrigins } from "./config";
 import type { DevIssuer } from "./dev-issuer";
 import { ApiEventBus, type EventBusOptions } from "./event-bus";
 import { ApiError } from "./http-errors";
@@ -14,6 +15,7 @@ import { measureLogReaderLag } from "./log-reader-lag";
 import { MemberCache } from "./member-cache";
 import authentication from "./plugins/app/authentication";
 import rateLimitsPlugin, { type RateLimitSettings, RateLimits } from "./plugins/app/rate-limits";
+import corsPlugin from "./plugins/external/cors";
 import errorHandler, { clientErrorHandler, frameworkErrorHandler } from "./plugins/external/error-handler";
 import metrics from "./plugins/external/metrics";
 import openapi from "./plugins/external/openapi";
@@ -49,6 +51,8 @@ export type AppOptions = {
   trustProxy?: boolean | number | string;
   /** Postgres notifications (LISTEN): wake the audit event streams when the hash chain grows; else they poll. */
   notifications?: NotificationSource;
+  /** Which browser origins may call the API; default: any (as Daytona). */
+  corsOrigins?: CorsOrigins;
 };
 
 /** Paths that never appear in logs with their secrets: tokens and key values. */
@@ -160,6 +164,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   });
 
   await app.register(metrics, { cache: verifier, logReaderLag: () => measureLogReaderLag(options.db) });
+  await app.register(corsPlugin, { origins: options.corsOrigins ?? "any" });
   const rateLimits = new RateLimits(options.rateLimits ?? { failedAuth: null, authenticated: null });
   await app.register(rateLimitsPlugin, { limits: rateLimits });
   await app.register(errorHandler, { onUnauthorized: app.failedAuthentication });

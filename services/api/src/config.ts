@@ -40,7 +40,12 @@ export type ApiConfig = {
   };
   /** Run the projector (hash chain, rebuilds) inside the API process (`PROJECTOR_IN_API`, default true). */
   projectorInApi: boolean;
+  /** Which browser origins may call the API (`CORS_ORIGINS`). */
+  corsOrigins: CorsOrigins;
 };
+
+/** `"any"`: every origin (Daytona's `enableCors({ origin: true })`); `"none"`: no CORS headers; or exact origins. */
+export type CorsOrigins = "any" | "none" | string[];
 
 export class ConfigError extends Error {
   constructor(
@@ -95,6 +100,25 @@ function trustProxy(raw: string | undefined): boolean | number | string {
     }
   }
   return entries.join(",");
+}
+
+/** `CORS_ORIGINS`: unset or `*`: any origin; `none`; or comma-separated origins (`https://app.example.com`). */
+function corsOrigins(raw: string | undefined): CorsOrigins {
+  if (raw === undefined || raw.trim() === "" || raw.trim() === "*") return "any";
+  if (raw.trim() === "none") return "none";
+  return raw.split(",").map((entry) => {
+    const origin = entry.trim();
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(origin);
+    } catch {
+      parsed = undefined;
+    }
+    if (parsed === undefined || !/^https?:$/.test(parsed.protocol) || parsed.origin !== origin) {
+      throw new ConfigError("CORS_ORIGINS", `"${origin}" is not an origin such as https://app.example.com`);
+    }
+    return origin;
+  });
 }
 
 function rateLimit(env: Record<string, string | undefined>, name: string, limit: number, ttlSeconds: number) {
@@ -202,6 +226,7 @@ export function parseApiConfig(env: Record<string, string | undefined>): ApiConf
       authenticated: rateLimit(env, "AUTHENTICATED", 1000, 60),
     },
     projectorInApi: flag(env, "PROJECTOR_IN_API", true),
+    corsOrigins: corsOrigins(env.CORS_ORIGINS),
   };
 }
 

@@ -50,6 +50,7 @@ async function main() {
     bodyLimitBytes: config.bodyLimitBytes,
     rateLimits: config.rateLimits,
     trustProxy: config.trustProxy,
+    corsOrigins: config.corsOrigins,
     nats: config.nats && {
       ...config.nats,
       // One active relay across replicas (advisory lock on its own session); the embedded database is one process.

@@ -43,7 +43,8 @@ export type CachedCurrentKeyAnswerer = {
  * the same as the route's: the same authentication checks and verifier, rate-limit windows and headers, request
  * id, `KeyUsed` recording, verification and latency metrics, and body. Anything else, and every case that could
  * end in something other than a 200, is declined before anything is counted or recorded, and fastify answers it:
- * another method or URL (a query string included), a request body, no Host header, `Cache-Control: no-cache`, a missing, repeated
+ * another method or URL (a query string included), a request body, no Host header, an `Origin` header (a browser's
+ * request, which needs the CORS headers), `Cache-Control: no-cache`, a missing, repeated
  * or JWT-shaped credential, a key the cache does not hold as valid, a client IP with failed authentications when
  * only fastify knows the IP (a trusted proxy: while any client's failed-auth window is live), an organization at
  * its request limit, and every request while request logging is on or the app is closing. (One count is taken
@@ -67,6 +68,7 @@ export function cachedCurrentKeyAnswerer(options: CachedCurrentKeyOptions): Cach
     const headers = request.headers;
     if (headers["content-length"] !== undefined || headers["transfer-encoding"] !== undefined) return false;
     if (headers.host === undefined) return false; // fastify answers 400 for HTTP/1.1 (and serves HTTP/1.0)
+    if (headers.origin !== undefined) return false; // a browser's request: fastify adds the CORS headers
     if (bypassesKeyCache(headers) || options.logsRequests()) return false;
     const token = presentedBearerToken(headers, request.rawHeaders);
     if (token === undefined || looksLikeJwt(token)) return false;
