@@ -46,6 +46,16 @@ describe("CORS, any origin (the default, as Daytona's enableCors({ origin: true,
     }
   });
 
+  it("answers an OPTIONS that is not a preflight as a route that does not exist, in the error body", async () => {
+    for (const headers of [{}, { origin: APP }, { "access-control-request-method": "GET" }]) {
+      const res = await fetch(`${api.baseUrl}/api/api-keys`, { method: "OPTIONS", headers });
+      expect(res.status).toBe(404);
+      const body = (await res.json()) as Record<string, unknown>;
+      expect(Object.keys(body).sort()).toEqual(["error", "message", "path", "statusCode", "timestamp"]);
+      expect(body).toMatchObject({ statusCode: 404, path: "/api/api-keys" });
+    }
+  });
+
   it("puts the headers on answers and errors, and lets the client read the request id and rate-limit headers", async () => {
     const created = await fetch(`${api.baseUrl}/api/api-keys`, {
       method: "POST",

@@ -24,6 +24,13 @@ const EXPOSED_HEADERS = [
 export default fp(
   async (app: FastifyInstance, { origins }: { origins: CorsOrigins }) => {
     if (origins === "none") return;
+    // An OPTIONS that is not a browser's preflight (no Origin or no Access-Control-Request-Method) is answered as
+    // before CORS: no such route, in the error body (the plugin would answer 400 in plain text).
+    app.addHook("onRequest", (request, reply, done) => {
+      const { headers } = request;
+      if (request.method !== "OPTIONS" || (headers.origin && headers["access-control-request-method"])) return done();
+      reply.callNotFound();
+    });
     await app.register(cors, {
       origin: origins === "any" ? true : origins,
       credentials: true,
