@@ -47,7 +47,8 @@ describe("CORS, any origin (the default, as Daytona's enableCors({ origin: true,
   });
 
   it("answers an OPTIONS that is not a preflight as a route that does not exist, in the error body", async () => {
-    for (const headers of [{}, { origin: APP }, { "access-control-request-method": "GET" }]) {
+    const variants: Record<string, string>[] = [{}, { origin: APP }, { "access-control-request-method": "GET" }];
+    for (const headers of variants) {
       const res = await fetch(`${api.baseUrl}/api/api-keys`, { method: "OPTIONS", headers });
       expect(res.status).toBe(404);
       const body = (await res.json()) as Record<string, unknown>;
