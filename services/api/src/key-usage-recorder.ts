@@ -26,7 +26,8 @@ const MAX_HELD_USES = 50_000;
 type PendingUse = { row: ApiKeyRow; context: CommandContext };
 
 /**
- * Records successful API-key uses as `KeyUsed`, off the request path, at most once per key per throttle window.
+ * Records successful API-key uses as `KeyUsed`, off the request path, at most once per key per throttle window (of
+ * the uses' own times: a use reported by a gateway is recorded at when it happened, not when it arrived).
  * Uses are collected for up to `batchWindowMs` and written together (`recordKeyUsesAsRead`: one statement for the
  * batch, decided on the rows the requests read), so a stream of first uses (a gateway's cold cache, many keys)
  * costs the database one statement per batch rather than a transaction per key. The domain decides the throttle
@@ -40,8 +41,8 @@ type PendingUse = { row: ApiKeyRow; context: CommandContext };
 export class KeyUsageRecorder {
   /** Keys waiting for the next batch, by key id: the first use in a window is the one the throttle keeps. */
   private queued = new Map<string, PendingUse>();
-  /** Keys in the batch being written. */
-  private writing = new Set<string>();
+  /** Keys in the batch being written, with the time of the use being written. */
+  private writing = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private inFlight: Promise<void> = Promise.resolve();
   /** While batches fail: how long until the next try (0: the last batch was written). */
@@ -57,19 +58,29 @@ export class KeyUsageRecorder {
     private readonly options: { batchWindowMs?: number; maxHeldUses?: number; firstRetryDelayMs?: number } = {},
   ) {}
 
-  record(key: ApiKeyRow, requestId: string | null): void {
-    const nowMs = Date.now();
-    if (key.last_used_at !== null && nowMs - key.last_used_at.getTime() < this.throttleMs) return;
-    if (this.queued.has(key.key_id) || this.writing.has(key.key_id)) return;
-    if (this.queued.size >= (this.options.maxHeldUses ?? MAX_HELD_USES)) {
+  /**
+   * Records a use of `key` at `usedAt` (now by default; a reported use's own time, which the caller keeps within
+   * the key's life and not in the future). A use within the throttle window of the key's last recorded use, or older
+   * than it, records nothing: `lastUsedAt` never goes back. Of the uses of a key waiting to be written, the first in
+   * a window is kept; a use a whole window later replaces it, so that an old reported use does not hide a new one.
+   */
+  record(key: ApiKeyRow, requestId: string | null, usedAt?: Date): void {
+    const usedAtMs = usedAt?.getTime() ?? Date.now();
+    if (key.last_used_at !== null && usedAtMs - key.last_used_at.getTime() < this.throttleMs) return;
+    const queued = this.queued.get(key.key_id);
+    if (queued !== undefined && usedAtMs - queued.context.now.getTime() < this.throttleMs) return;
+    // A key being written is queued again only for a use a window later: the next batch waits for this one, and
+    // its row guard sends the use to the key's stream, where this batch's `KeyUsed` is seen.
+    const writing = this.writing.get(key.key_id);
+    if (writing !== undefined && usedAtMs - writing < this.throttleMs) return;
+    if (queued === undefined && this.queued.size >= (this.options.maxHeldUses ?? MAX_HELD_USES)) {
       this.notHeld += 1;
       return;
     }
-    const now = new Date(nowMs);
     this.queued.set(key.key_id, {
       row: key,
       context: {
-        now,
+        now: new Date(usedAtMs),
         metadata: { actorUserId: key.user_id, organizationId: key.organization_id, authMethod: "api_key", requestId },
       },
     });
@@ -96,9 +107,9 @@ export class KeyUsageRecorder {
       if (batch.size >= MAX_BATCH) break;
       batch.set(keyId, use);
     }
-    for (const keyId of batch.keys()) {
+    for (const [keyId, use] of batch) {
       this.queued.delete(keyId);
-      this.writing.add(keyId);
+      this.writing.set(keyId, use.context.now.getTime());
     }
     // One batch at a time: the next waits for this one, so a key is never in two transactions at once.
     const written = this.inFlight.then(async () => {
@@ -117,8 +128,8 @@ export class KeyUsageRecorder {
           MAX_RETRY_DELAY_MS,
           this.retryDelayMs === 0 ? (this.options.firstRetryDelayMs ?? FIRST_RETRY_DELAY_MS) : this.retryDelayMs * 2,
         );
-        // Held first: they are older than anything queued meanwhile (which holds none of their keys: a key being
-        // written is not queued again).
+        // Held first: they are older than anything queued meanwhile. A key queued again meanwhile (a use a window
+        // later) keeps its place here with its later use, as a queued key does.
         this.queued = new Map([...batch, ...this.queued]);
         this.log.warn(
           { err: error, keys: batch.size, held: this.queued.size, retryInMs: this.closing ? null : this.retryDelayMs },

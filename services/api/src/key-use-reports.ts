@@ -1,25 +1,67 @@
 import type { KeyUseReport } from "@keyledger/nats-bus";
 import type { Kysely } from "kysely";
 import type { KeyUsageRecorder } from "./key-usage-recorder";
-import { findApiKeysByHashes, validUntilForValue } from "./read-model-queries";
+import { type ApiKeyRow, findApiKeysByHashes, validUntilForValue } from "./read-model-queries";
+
+/** An RFC 3339 date-time (AsyncAPI's `format: date-time`), as the gateways write it (`toISOString`). */
+const DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?(?:[Zz]|[+-](\d{2}):(\d{2}))$/;
+
+/**
+ * The instant a report's `usedAt` names, or undefined when it is not a real RFC 3339 date-time: no 30 February, no
+ * hour 24, no offset of 25 hours, nothing `Date.parse` would take leniently ("1", "March 7") or roll over.
+ */
+function parseUsedAt(value: string): number | undefined {
+  const fields = DATE_TIME.exec(value);
+  if (fields === null) return undefined;
+  const [, year, month, day, hour, minute, second, offsetHours, offsetMinutes] = fields.map(Number) as number[];
+  const daysInMonth = new Date(Date.UTC(year as number, month as number, 0)).getUTCDate();
+  const valid =
+    (month as number) >= 1 &&
+    (month as number) <= 12 &&
+    (day as number) >= 1 &&
+    (day as number) <= daysInMonth &&
+    (hour as number) <= 23 &&
+    (minute as number) <= 59 &&
+    (second as number) <= 59 &&
+    (fields[7] === undefined || ((offsetHours as number) <= 23 && (offsetMinutes as number) <= 59));
+  const ms = valid ? Date.parse(value) : Number.NaN;
+  return Number.isNaN(ms) ? undefined : ms;
+}
+
+/** When a reported use is recorded: at its `usedAt`, but never in the future nor before the key was created. */
+function recordedUseTime(row: ApiKeyRow, usedAtMs: number, nowMs: number): Date {
+  return new Date(Math.max(Math.min(usedAtMs, nowMs), row.created_at.getTime()));
+}
 
 /**
  * Turns gateways' reported key uses into `KeyUsed`, through the same recorder (and per-key throttle) as the API's
- * own API-key requests. Unknown, revoked and expired keys are skipped. The report's keys are read in one statement.
+ * own API-key requests. Each use is recorded at its `usedAt` (a report held or delayed on the way still says when
+ * the key was used), clamped to now and to the key's creation; the throttle is on that time, and a use older than
+ * the key's last one records nothing (`lastUsedAt` never goes back). A use whose `usedAt` is not a date-time is
+ * ignored, as the decoder ignores other malformed entries. Unknown and revoked keys are skipped, and so is a value
+ * that was not valid (expired, past its rotation grace) at the use's time. The report's keys are read in one
+ * statement.
  */
 export async function recordReportedKeyUses(
   db: Kysely<unknown>,
   usage: KeyUsageRecorder,
   report: KeyUseReport,
 ): Promise<void> {
+  const uses = report.uses.flatMap((use) => {
+    const usedAtMs = typeof use.usedAt === "string" ? parseUsedAt(use.usedAt) : undefined;
+    return usedAtMs === undefined ? [] : [{ keyHash: use.keyHash, usedAtMs }];
+  });
+  if (uses.length === 0) return;
   const rows = await findApiKeysByHashes(
     db,
-    report.uses.map((use) => use.keyHash),
+    uses.map((use) => use.keyHash),
   );
-  const now = new Date();
-  for (const use of report.uses) {
+  const nowMs = Date.now();
+  for (const use of uses) {
     const row = rows.get(use.keyHash);
-    if (!row || validUntilForValue(row, use.keyHash, now) === undefined) continue;
-    usage.record(row, null);
+    if (!row) continue;
+    const usedAt = recordedUseTime(row, use.usedAtMs, nowMs);
+    if (validUntilForValue(row, use.keyHash, usedAt) === undefined) continue;
+    usage.record(row, null, usedAt);
   }
 }

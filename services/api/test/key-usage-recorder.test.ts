@@ -114,3 +114,73 @@ describe("KeyUsageRecorder when the database fails", () => {
     await recorder.flush();
   });
 });
+
+/** A database that writes each batch once `release` is called (the first batch waits; later ones do not). */
+function gatedCommands() {
+  const written: { keyId: string; usedAt: Date }[][] = [];
+  let release = () => {};
+  const gate = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const commands = {
+    async recordKeyUsesAsRead(uses: { row: ApiKeyRow; context: { now: Date } }[]) {
+      await gate;
+      written.push(uses.map((use) => ({ keyId: use.row.key_id, usedAt: use.context.now })));
+    },
+  };
+  return { written, release: () => release(), commands: commands as unknown as KeyCommands };
+}
+
+describe("KeyUsageRecorder with a use's own time", () => {
+  const MINUTE = 60_000;
+  const usedRow = (keyId: string, lastUsedAt: Date | null): ApiKeyRow =>
+    ({ ...row(keyId), last_used_at: lastUsedAt }) as ApiKeyRow;
+
+  it("records the use at the time given, throttled on that time, and never before the key's last use", async () => {
+    const { state, commands } = flakyCommands();
+    state.up = true;
+    const recorder = new KeyUsageRecorder(commands, 10_000, captureLog().log, { batchWindowMs: 5 });
+    const lastUse = new Date(Date.now() - 60 * MINUTE);
+    recorder.record(usedRow("in-window", lastUse), null, new Date(lastUse.getTime() + 5_000));
+    recorder.record(usedRow("older", lastUse), null, new Date(lastUse.getTime() - 5 * MINUTE));
+    const later = new Date(lastUse.getTime() + 11_000);
+    recorder.record(usedRow("later", lastUse), null, later);
+    await recorder.flush();
+    expect(state.written).toEqual([{ keyId: "later", usedAt: later }]);
+  });
+
+  it("lets a use a window later replace a queued older one, and keeps the first within a window", async () => {
+    const { state, commands } = flakyCommands();
+    const recorder = new KeyUsageRecorder(commands, 10_000, captureLog().log, {
+      batchWindowMs: 5,
+      firstRetryDelayMs: 20,
+    });
+    const now = Date.now();
+    recorder.record(row("a"), null, new Date(now - 60 * MINUTE)); // a report held for an hour
+    recorder.record(row("b"), null, new Date(now - 60 * MINUTE));
+    await waitFor("a failed try", () => state.attempts >= 1);
+    recorder.record(row("a"), null, new Date(now)); // a new use, while the old one is held
+    recorder.record(row("b"), null, new Date(now - 60 * MINUTE + 5_000)); // within the held use's window
+    state.up = true;
+    await waitFor("the held uses", () => state.written.length >= 2);
+    await recorder.flush();
+    expect(state.written.sort((x, y) => x.keyId.localeCompare(y.keyId))).toEqual([
+      { keyId: "a", usedAt: new Date(now) },
+      { keyId: "b", usedAt: new Date(now - 60 * MINUTE) },
+    ]);
+  });
+
+  it("queues a key being written again only for a use a window later, for the next batch", async () => {
+    const { written, release, commands } = gatedCommands();
+    const recorder = new KeyUsageRecorder(commands, 10_000, captureLog().log, { batchWindowMs: 5 });
+    const old = Date.now() - 60 * MINUTE;
+    recorder.record(row("a"), null, new Date(old));
+    await sleep(30); // the batch is being written (held at the gate)
+    recorder.record(row("a"), null, new Date(old + 5_000)); // within the window of the use being written
+    const now = new Date();
+    recorder.record(row("a"), null, now);
+    release();
+    await recorder.flush();
+    expect(written).toEqual([[{ keyId: "a", usedAt: new Date(old) }], [{ keyId: "a", usedAt: now }]]);
+  });
+});
