@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { EVENT_TYPES, PERMISSIONS } from "@keyledger/domain";
-import { eventSubject, keyUseReportSubject } from "@keyledger/nats-bus";
+import { eventSubject, keyUseReportSubject, relayHeartbeatSubject } from "@keyledger/nats-bus";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
 
@@ -37,6 +37,7 @@ describe("docs/asyncapi.yaml matches the code", () => {
 
   it("names the key-use report subject and the permissions the code uses", () => {
     expect(doc.channels.keyUseReports?.address).toBe(keyUseReportSubject("keyledger"));
+    expect(doc.channels.relayHeartbeat?.address).toBe(relayHeartbeatSubject("keyledger"));
     expect(doc.components.schemas.Permission.enum).toEqual([...PERMISSIONS]);
   });
 });

@@ -142,6 +142,10 @@ export type OwnNatsServer = {
   start(): Promise<void>;
   /** Stops it (SIGTERM) and waits for the process to exit. */
   stop(): Promise<void>;
+  /** Freezes it (SIGSTOP): connections stay open and nothing answers, as a hung server. */
+  pause(): void;
+  /** Lets a frozen server run again (SIGCONT). */
+  resume(): void;
   /** Stops it and removes its store directory. */
   close(): Promise<void>;
 };
@@ -180,7 +184,14 @@ export async function startNatsServer(): Promise<OwnNatsServer> {
         proc.kill("SIGTERM");
       });
     },
+    pause() {
+      child?.kill("SIGSTOP");
+    },
+    resume() {
+      child?.kill("SIGCONT");
+    },
     async close() {
+      server.resume();
       await server.stop();
       await rm(storeDir, { recursive: true, force: true });
     },

@@ -11,6 +11,7 @@ import pg from "pg";
 import { type BusLogger, type NatsLink, silentLogger } from "./connection";
 import { EventPublisher, type FastPathPublishes } from "./publisher";
 import { ensureEventStream } from "./stream";
+import { relayHeartbeatSubject } from "./subjects";
 
 export type EventRelayOptions = {
   /**
@@ -58,6 +59,16 @@ export type EventRelayOptions = {
    * Must not throw.
    */
   onPublishing?: (events: RecordedEvent[]) => void;
+  /**
+   * Least time between two heartbeats (default 250 ms). After each read that reached the end of the log, once
+   * everything read is acknowledged, the relay publishes a heartbeat on `relayHeartbeatSubject`: every event
+   * committed before that read has been published ahead of it on the same connection. Verifiers stop trusting their
+   * caches when heartbeats stop (a relay cut off from NATS, a hung server, a relay far behind). An idle relay beats
+   * once per `pollIntervalMs`.
+   */
+  heartbeatIntervalMs?: number;
+  /** Called with each heartbeat published, for a process whose verifier shares the relay's `noEcho` connection. */
+  onHeartbeat?: () => void;
   log?: BusLogger;
 };
 
@@ -70,6 +81,8 @@ export type RelayStats = {
   failedPublishes: number;
   /** Tries to take the lock (a standby makes one per `lockRetryMs`). */
   lockAttempts: number;
+  /** Heartbeats published (the log was published up to a read of its end). */
+  heartbeats: number;
 };
 
 const ACKNOWLEDGED_BY_FAST_PATH = Promise.resolve("acknowledged by the fast path" as const);
@@ -107,12 +120,14 @@ export class EventRelay {
   private readonly checkpointName: string;
   private readonly unsubscribeLink: () => void;
   private readonly unsubscribeNotifications: () => void;
+  private lastHeartbeatAt = Number.NEGATIVE_INFINITY;
   readonly stats: RelayStats = {
     published: 0,
     acknowledgedByFastPath: 0,
     duplicates: 0,
     failedPublishes: 0,
     lockAttempts: 0,
+    heartbeats: 0,
   };
 
   constructor(private readonly options: EventRelayOptions) {
@@ -266,6 +281,7 @@ export class EventRelay {
       const readAt = performance.now();
       const events = await readAllAfter(db, checkpoint, batchSize);
       if (events.length === 0) {
+        this.heartbeat();
         await this.pause(this.options.pollIntervalMs ?? 500);
         continue;
       }
@@ -277,10 +293,31 @@ export class EventRelay {
       }
       if (acked < events.length) await this.pause(this.options.retryDelayMs ?? 500);
       else if (events.length < batchSize) {
+        // That read reached the end of the log, and all of it is acknowledged.
+        this.heartbeat();
         const wait = (this.options.minBatchIntervalMs ?? 25) - (performance.now() - readAt);
         if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       }
     }
+  }
+
+  /** Says on NATS that every event committed before the last read is published (at most once per interval). */
+  private heartbeat(): void {
+    const now = performance.now();
+    if (now - this.lastHeartbeatAt < (this.options.heartbeatIntervalMs ?? 250)) return;
+    const nc = this.options.link.connection;
+    if (!nc || !this.options.link.connected) return;
+    try {
+      nc.publish(
+        relayHeartbeatSubject(this.options.subjectPrefix),
+        JSON.stringify({ relay: this.checkpointName, position: this.current?.globalPosition ?? "0" }),
+      );
+    } catch {
+      return; // the connection is closing: no heartbeat, and verifiers stop trusting their caches
+    }
+    this.lastHeartbeatAt = now;
+    this.stats.heartbeats += 1;
+    this.options.onHeartbeat?.();
   }
 
   /**

@@ -1,7 +1,8 @@
 /**
  * Subject naming. Every event goes to `<prefix>.<organization token>.<EventType>`; the stream captures
- * `<prefix>.*.*`. Gateways report key uses on `<prefix>.gateway.reports.key-used`, which has one token more, so it
- * is never captured by the event stream.
+ * `<prefix>.*.*`. Gateways report key uses on `<prefix>.gateway.reports.key-used`, and the active relay says it has
+ * published the whole log on `<prefix>.relay.heartbeat.caught-up`: one token more, so neither is captured by the
+ * event stream.
  */
 
 /** Defaults used by the API, the gateway and the AsyncAPI document. */
@@ -57,4 +58,12 @@ export function organizationSubjectFilter(prefix: string, organizationId: string
 /** Where gateways publish batches of verified key uses (core NATS, not captured by the stream). */
 export function keyUseReportSubject(prefix: string): string {
   return `${prefix}.gateway.reports.key-used`;
+}
+
+/**
+ * Where the active relay says, on core NATS, that it has published every event committed before its last read of
+ * the log. Verifiers trust their caches only while these arrive (`relayHeartbeatTimeoutMs`).
+ */
+export function relayHeartbeatSubject(prefix: string): string {
+  return `${prefix}.relay.heartbeat.caught-up`;
 }

@@ -7,6 +7,7 @@ import {
   eventSubjectFilter,
   KeyUseReporter,
   NatsLink,
+  relayHeartbeatSubject,
   silentLogger,
 } from "@keyledger/nats-bus";
 import type { Subscription } from "@nats-io/transport-node";
@@ -20,6 +21,12 @@ export type VerifierCacheOptions = {
   ttlMs?: number;
   /** How long a negative answer (unknown, expired, revoked) is kept (default 2 s, at most `ttlMs`). */
   negativeTtlMs?: number;
+  /**
+   * How long the cache is trusted after the relay's last heartbeat (default 2 s). The relay beats after publishing
+   * the log up to a read of its end; when beats stop (the API cut off from NATS, a hung server, a relay far
+   * behind), events may be missing here, so the cache is flushed and bypassed until they are back.
+   */
+  relayHeartbeatTimeoutMs?: number;
 };
 
 export type VerifierOptions<K extends VerifiedKey = VerifiedKey> = {
@@ -81,14 +88,21 @@ export interface Verifier<K extends VerifiedKey = VerifiedKey> {
    * `verify`); `undefined` otherwise: call `verify`. For callers that can skip a promise on the hot path.
    */
   peek(bearer: string): VerifyResult<K> | undefined;
-  /** True while the invalidation subscription is live: only then is the cache used. */
+  /** True while the invalidation subscription is live (a gateway is ready then: without the cache it asks the API). */
   readonly subscribed: boolean;
+  /**
+   * True while the cache is used: subscribed, and the relay's last heartbeat is at most `relayHeartbeatTimeoutMs`
+   * old (the relay has published every event committed before then).
+   */
+  readonly cacheOn: boolean;
   /** Whether invalidations come over NATS at all ("none": no `natsUrl`, nothing is ever cached). */
   readonly invalidation: "nats" | "none";
-  /** Resolves true once subscribed (false if closed first, or at once when there is no NATS). */
+  /** Resolves true once the cache is on (false if closed first, or at once when there is no NATS). */
   whenSubscribed(): Promise<boolean>;
   /** Applies an event directly (the API does so right after its own commits). */
   applyEvent(event: InvalidatingEvent): void;
+  /** A relay heartbeat that did not come over this verifier's subscription (the API's own relay, `noEcho`). */
+  applyRelayHeartbeat(): void;
   readonly stats: VerifierStats;
   readonly cacheSize: number;
   close(): Promise<void>;
@@ -150,6 +164,10 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
   private readonly maxEntries: number;
   private readonly ttlMs: number;
   private readonly negativeTtlMs: number;
+  private readonly heartbeatTimeoutMs: number;
+  private lastHeartbeatMs = Number.NEGATIVE_INFINITY;
+  /** Whether the cache is on: subscribed, and a heartbeat came within the timeout (as last checked). */
+  private trusting = false;
   private readonly link: NatsLink | undefined;
   private readonly ownsLink: boolean;
   private offLinkChange: (() => void) | undefined;
@@ -157,6 +175,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
   private readonly reportIntervalMs: number;
   private readonly log: BusLogger;
   private subscription: Subscription | undefined;
+  private heartbeats: Subscription | undefined;
   private isSubscribed = false;
   private closed = false;
   /** Changes whenever the cache becomes (un)trustworthy; a lookup begun in another epoch is not cached. */
@@ -173,6 +192,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     this.maxEntries = options.cache?.maxEntries ?? 100_000;
     this.ttlMs = options.cache?.ttlMs ?? 60_000;
     this.negativeTtlMs = Math.min(options.cache?.negativeTtlMs ?? 2_000, this.ttlMs);
+    this.heartbeatTimeoutMs = options.cache?.relayHeartbeatTimeoutMs ?? 2_000;
     this.reportIntervalMs = options.keyUseReports?.intervalMs ?? 1_000;
     this.keyIdOf = options.keyIdOf;
     this.onEvent = options.onEvent;
@@ -199,6 +219,10 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     return this.isSubscribed;
   }
 
+  get cacheOn(): boolean {
+    return this.trusted(Date.now());
+  }
+
   get invalidation(): "nats" | "none" {
     return this.link === undefined ? "none" : "nats";
   }
@@ -208,14 +232,20 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
   }
 
   whenSubscribed(): Promise<boolean> {
-    if (this.isSubscribed) return Promise.resolve(true);
+    if (this.trusted(Date.now())) return Promise.resolve(true);
     if (!this.link || this.closed) return Promise.resolve(false);
     return new Promise((resolve) => this.subscribedWaiters.add(resolve));
   }
 
   verify(bearer: string, options?: VerifyOptions): Promise<VerifyResult<K>> {
     if (typeof bearer !== "string" || bearer.length === 0) return MALFORMED_PROMISE;
-    if (!this.isSubscribed || options?.bypassCache) {
+    const now = Date.now();
+    if (!this.trusted(now)) {
+      // Nothing cached can be trusted: ask, sharing a lookup with concurrent misses of the same key (its answer is
+      // not cached).
+      return this.miss(bearer, sha256Hex(bearer), options);
+    }
+    if (options?.bypassCache) {
       if (!isWellFormedKey(bearer)) return MALFORMED_PROMISE;
       this.stats.misses += 1;
       const keyHash = sha256Hex(bearer);
@@ -227,25 +257,21 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     const keyHash = sha256Hex(bearer);
     const entry = this.cache.get(keyHash);
     if (entry !== undefined) {
-      const now = Date.now();
       if (entry.expiresAtMs > now) return this.hit(keyHash, entry, now).promise;
+      // Past its time the source of truth says why: the key expired, or (a rotated-out value, whose `expiresAt` is
+      // the end of its grace period) it is revoked.
       this.remove(keyHash, entry);
-      const key = entry.result.valid ? entry.result.key : undefined;
-      if (key?.expiresAt != null && Date.parse(key.expiresAt) <= now) {
-        // A key's expiry never moves: once past it, the answer is known without asking.
-        this.stats.hits += 1;
-        return this.store(keyHash, { valid: false, code: "EXPIRED" }).promise;
-      }
     }
     return this.miss(bearer, keyHash, options);
   }
 
   peek(bearer: string): VerifyResult<K> | undefined {
-    if (typeof bearer !== "string" || bearer.length === 0 || !this.isSubscribed) return undefined;
+    if (typeof bearer !== "string" || bearer.length === 0 || !this.trusting) return undefined;
     const keyHash = sha256Hex(bearer);
     const entry = this.cache.get(keyHash);
     if (entry === undefined) return undefined;
     const now = Date.now();
+    if (!this.trusted(now)) return undefined;
     return entry.expiresAtMs > now ? this.hit(keyHash, entry, now).result : undefined;
   }
 
@@ -279,7 +305,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     flight.promise = this.callLookup(bearer, keyHash, options).then(
       (result) => {
         if (this.inFlight.get(keyHash) === flight) this.inFlight.delete(keyHash);
-        if (!flight.stale && this.isSubscribed && flight.epoch === this.epoch) {
+        if (!flight.stale && flight.epoch === this.epoch && this.trusted(Date.now())) {
           const entry = this.store(keyHash, result);
           if (result.valid && this.reporter) {
             entry.reportedAtMs = Date.now();
@@ -359,7 +385,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     const entry = this.cache.get(keyHash);
     if (entry !== undefined) this.remove(keyHash, entry);
     // A revoked value never becomes valid again: remember it (for a TTL) if it was in use here.
-    if (tombstone !== undefined && (entry !== undefined || flight !== undefined) && this.isSubscribed) {
+    if (tombstone !== undefined && (entry !== undefined || flight !== undefined) && this.trusting) {
       const revoked = this.store(keyHash, { valid: false, code: tombstone });
       revoked.expiresAtMs = Date.now() + this.ttlMs;
     }
@@ -443,17 +469,56 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
         },
       });
     }
+    this.heartbeats ??= nc.subscribe(relayHeartbeatSubject(prefix), {
+      callback: (error) => {
+        if (!error) this.applyRelayHeartbeat();
+      },
+    });
     try {
       await nc.flush();
     } catch {
       return;
     }
     if (!this.link?.connected || this.closed || this.isSubscribed) return;
-    this.epoch += 1;
     this.isSubscribed = true;
-    this.log.info({}, "verifier subscribed: cache on");
-    for (const resolve of this.subscribedWaiters) resolve(true);
-    this.subscribedWaiters.clear();
+    this.log.info({}, "verifier subscribed: cache on with the relay's heartbeats");
+    this.trusted(Date.now());
+  }
+
+  applyRelayHeartbeat(): void {
+    this.lastHeartbeatMs = Date.now();
+    if (!this.trusting) this.trusted(this.lastHeartbeatMs);
+  }
+
+  /**
+   * Whether the cache may answer at `now`: subscribed, and the relay's last heartbeat within the timeout. Turning
+   * on starts a new epoch (lookups begun before are not cached); turning off (heartbeats stopped) flushes the cache.
+   */
+  private trusted(now: number): boolean {
+    const trusted = this.isSubscribed && now - this.lastHeartbeatMs <= this.heartbeatTimeoutMs;
+    if (trusted === this.trusting) return trusted;
+    this.trusting = trusted;
+    this.epoch += 1;
+    if (trusted) {
+      this.log.info({}, "verifier cache on: subscribed, and the relay's heartbeats arrive");
+      for (const resolve of this.subscribedWaiters) resolve(true);
+      this.subscribedWaiters.clear();
+    } else if (this.isSubscribed) {
+      this.flush();
+      this.log.warn(
+        { silentForMs: Number.isFinite(this.lastHeartbeatMs) ? now - this.lastHeartbeatMs : null },
+        "verifier heard no relay heartbeat: cache flushed and bypassed until they are back",
+      );
+    }
+    return trusted;
+  }
+
+  private flush(): void {
+    this.cache.clear();
+    this.byOwner.clear();
+    this.byKeyId.clear();
+    this.abandonFlights();
+    this.stats.flushes += 1;
   }
 
   /** NATS is gone: events may be missed from now on, so nothing cached can be trusted. */
@@ -461,11 +526,8 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     this.epoch += 1;
     const wasSubscribed = this.isSubscribed;
     this.isSubscribed = false;
-    this.cache.clear();
-    this.byOwner.clear();
-    this.byKeyId.clear();
-    this.abandonFlights();
-    this.stats.flushes += 1;
+    this.trusting = false;
+    this.flush();
     if (wasSubscribed) this.log.warn({ state }, "verifier lost NATS: cache flushed and bypassed until resubscribed");
     if (state === "closed") {
       for (const resolve of this.subscribedWaiters) resolve(false);
@@ -483,6 +545,7 @@ class KeyVerifier<K extends VerifiedKey> implements Verifier<K> {
     else if (this.link?.connected) {
       try {
         this.subscription?.unsubscribe();
+        this.heartbeats?.unsubscribe();
       } catch {
         // The shared connection is closing: the subscription goes with it.
       }

@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { hashKeyValue, KEY_RANDOM_BYTES, keyValueFromRandomBytes } from "@keyledger/domain";
-import { eventSubject, NatsLink } from "@keyledger/nats-bus";
+import { eventSubject, NatsLink, relayHeartbeatSubject } from "@keyledger/nats-bus";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type OwnNatsServer, SHARED_NATS_URL, startNatsServer } from "../../../test/support/nats";
@@ -34,6 +34,37 @@ function lookupTable() {
   return table;
 }
 
+/**
+ * Stands in for the API's relay: its heartbeats on `prefix` every 100 ms (verifiers trust their caches only while
+ * they arrive) until stopped.
+ */
+async function relayHeartbeats(servers: string, prefix: string) {
+  const connection = await connect({ servers, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+  const beat = () => {
+    try {
+      connection.publish(relayHeartbeatSubject(prefix), JSON.stringify({ relay: "test", position: "0" }));
+    } catch {
+      // closed
+    }
+  };
+  beat();
+  let timer: NodeJS.Timeout | undefined = setInterval(beat, 100);
+  return {
+    pause() {
+      clearInterval(timer);
+      timer = undefined;
+    },
+    resume() {
+      beat();
+      timer ??= setInterval(beat, 100);
+    },
+    async close() {
+      clearInterval(timer);
+      await connection.close();
+    },
+  };
+}
+
 function activeKey(organizationId: string, userId: string, name = "k", expiresAt: string | null = null): LookupResult {
   return { valid: true, key: { name, userId, organizationId, permissions: ["write:sandboxes"], expiresAt } };
 }
@@ -41,6 +72,7 @@ function activeKey(organizationId: string, userId: string, name = "k", expiresAt
 describe("verifier with NATS", () => {
   const prefix = `kltest${randomBytes(5).toString("hex")}`;
   let nc: NatsConnection;
+  let heartbeats: Awaited<ReturnType<typeof relayHeartbeats>>;
   const verifiers: Verifier[] = [];
 
   function publish(organizationId: string, type: string, data: Record<string, unknown>) {
@@ -68,9 +100,11 @@ describe("verifier with NATS", () => {
 
   beforeAll(async () => {
     nc = await connect({ servers: SHARED_NATS_URL });
+    heartbeats = await relayHeartbeats(SHARED_NATS_URL, prefix);
   });
   afterAll(async () => {
     await Promise.all(verifiers.map((v) => v.close()));
+    await heartbeats.close();
     await nc.close();
   });
 
@@ -221,16 +255,69 @@ describe("verifier with NATS", () => {
     await until(async () => !(await verifier.verify(key)).valid, "the rotation to arrive");
   });
 
-  it("never keeps a key past its expiresAt", async () => {
+  it("never keeps a key past its expiresAt; then the source of truth says why (expired, or a rotation's grace over)", async () => {
     const table = lookupTable();
     const verifier = await subscribedVerifier(table);
-    const key = newKey();
+    const [key, rotatedOut] = [newKey(), newKey()];
     const expiresAt = new Date(Date.now() + 300).toISOString();
     table.set(key, activeKey("org-e", "user-e", "k", expiresAt));
+    // A rotated-out value in its grace period: its `expiresAt` is the end of the grace, then it is revoked.
+    table.set(rotatedOut, activeKey("org-e", "user-e", "r", expiresAt));
     expect((await verifier.verify(key)).valid).toBe(true);
+    expect((await verifier.verify(rotatedOut)).valid).toBe(true);
+    expect(verifier.peek(key)?.valid).toBe(true);
     await until(() => Date.now() > Date.parse(expiresAt), "the key to expire");
+    expect(verifier.peek(key)).toBeUndefined();
+    table.set(rotatedOut, { valid: false, code: "REVOKED" });
     expect(await verifier.verify(key)).toEqual({ valid: false, code: "EXPIRED" });
-    expect(table.calls).toBe(1);
+    expect(await verifier.verify(rotatedOut)).toEqual({ valid: false, code: "REVOKED" });
+    expect(table.calls).toBe(4);
+    // The refusals are kept briefly, as any.
+    expect(await verifier.verify(key)).toEqual({ valid: false, code: "EXPIRED" });
+    expect(table.calls).toBe(4);
+  });
+
+  it("trusts its cache only while the relay's heartbeats arrive: flushed and bypassed when they stop, on again when back", async () => {
+    const beatPrefix = `kltest${randomBytes(5).toString("hex")}`;
+    const beats = await relayHeartbeats(SHARED_NATS_URL, beatPrefix);
+    const table = lookupTable();
+    const verifier = createVerifier({
+      lookup: table.lookup,
+      natsUrl: SHARED_NATS_URL,
+      subjectPrefix: beatPrefix,
+      cache: { maxEntries: 100, ttlMs: 600_000, relayHeartbeatTimeoutMs: 400 },
+    });
+    verifiers.push(verifier);
+    try {
+      expect(await verifier.whenSubscribed()).toBe(true);
+      const key = newKey();
+      table.set(key, activeKey("org-h", "user-h"));
+      await verifier.verify(key);
+      expect(verifier.peek(key)?.valid).toBe(true);
+      expect(table.calls).toBe(1);
+
+      beats.pause();
+      await until(() => !verifier.cacheOn, "the heartbeats to be missed");
+      expect(verifier.subscribed).toBe(true); // still subscribed: a gateway stays ready, and asks the API
+      expect(verifier.cacheSize).toBe(0);
+      expect(verifier.peek(key)).toBeUndefined();
+      // Revoked while no heartbeat arrives (say, the API lost NATS): asked every time, never cached.
+      table.set(key, { valid: false, code: "REVOKED" });
+      expect(await verifier.verify(key)).toEqual({ valid: false, code: "REVOKED" });
+      table.set(key, activeKey("org-h", "user-h"));
+      const concurrent = await Promise.all(Array.from({ length: 10 }, () => verifier.verify(key)));
+      expect(concurrent.every((result) => result.valid)).toBe(true);
+      expect(table.calls).toBe(3); // concurrent misses still share one lookup
+      expect(verifier.cacheSize).toBe(0);
+
+      beats.resume();
+      expect(await verifier.whenSubscribed()).toBe(true);
+      await verifier.verify(key);
+      await verifier.verify(key);
+      expect(table.calls).toBe(4);
+    } finally {
+      await beats.close();
+    }
   });
 
   it("without NATS caches nothing: every verify asks the lookup", async () => {
@@ -313,6 +400,7 @@ describe("verifier when NATS goes away", () => {
   });
 
   it("flushes and bypasses the cache until it is subscribed again", async () => {
+    const beats = await relayHeartbeats(server.url, "kltestfault");
     const table = lookupTable();
     const verifier = createVerifier({
       lookup: table.lookup,
@@ -344,6 +432,7 @@ describe("verifier when NATS goes away", () => {
       expect(table.calls).toBe(4);
     } finally {
       await verifier.close();
+      await beats.close();
     }
   });
 });

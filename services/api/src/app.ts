@@ -107,6 +107,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     }
   };
   eventBus?.onRelayPublishing(applyHere);
+  eventBus?.onRelayHeartbeat(() => verifier.applyRelayHeartbeat());
   app.decorate("apiKeyVerifier", verifier);
   app.decorate("eventBus", eventBus);
   const commands = new KeyCommands(

@@ -28,7 +28,7 @@ export type ApiConfig = {
         streamName: string;
         subjectPrefix: string;
         duplicateWindowMs: number;
-        verifierCache: { maxEntries: number; ttlMs: number };
+        verifierCache: { maxEntries: number; ttlMs: number; relayHeartbeatTimeoutMs: number };
         /** Membership changes from the organizations service (durable consumer); null: not consumed. */
         membership: { subjectPrefix: string; streamName: string; durableName: string } | null;
       }
@@ -183,6 +183,7 @@ function natsConfig(env: Record<string, string | undefined>): ApiConfig["nats"] 
     verifierCache: {
       maxEntries: integer(env, "VERIFIER_CACHE_MAX_ENTRIES", 100_000, 1, 10_000_000),
       ttlMs: integer(env, "VERIFIER_CACHE_TTL_MS", 60_000, 1, 86_400_000),
+      relayHeartbeatTimeoutMs: integer(env, "VERIFIER_HEARTBEAT_TIMEOUT_MS", 2_000, 600, 600_000),
     },
   };
 }

@@ -56,6 +56,7 @@ export class ApiEventBus {
   private readonly unsubscribers: (() => void)[] = [];
   private relayWake: NodeJS.Timeout | undefined;
   private relayPublishing: (events: RecordedEvent[]) => void = () => {};
+  private relayHeartbeat: () => void = () => {};
 
   /** `notifications`: the process's Postgres listener, which wakes the relay (instead of a LISTEN of its own). */
   constructor(options: EventBusOptions, db: Kysely<unknown>, log: BusLogger, notifications?: NotificationSource) {
@@ -74,6 +75,7 @@ export class ApiEventBus {
         duplicateWindowMs: options.duplicateWindowMs,
         fastPathPublishes,
         onPublishing: (events) => this.relayPublishing(events),
+        onHeartbeat: () => this.relayHeartbeat(),
         log,
       });
       this.relay.start();
@@ -86,6 +88,11 @@ export class ApiEventBus {
    */
   onRelayPublishing(handler: (events: RecordedEvent[]) => void): void {
     this.relayPublishing = handler;
+  }
+
+  /** `handler` is called at each heartbeat of the relay here (not echoed either): the verifier's cache lease. */
+  onRelayHeartbeat(handler: () => void): void {
+    this.relayHeartbeat = handler;
   }
 
   /** Before a command's transaction commits: its urgent events are encoded now (`EventPublisher.prepareCommitting`). */

@@ -1,10 +1,10 @@
 import type { Kysely } from "kysely";
 import { findMember, type MemberRow } from "./read-model-queries";
 
-/** What tells the cache whether it may be used: the API-key verifier's NATS subscription. */
+/** What tells the cache whether it may be used: the API-key verifier's NATS subscription and relay heartbeats. */
 export type InvalidationFeed = {
   /** True while every event reaches this process (only then is anything cached or answered from the cache). */
-  readonly subscribed: boolean;
+  readonly cacheOn: boolean;
   /** Counts the times the feed was lost: an answer read across a loss is not kept (an event may have been missed). */
   readonly stats: { readonly flushes: number };
 };
@@ -42,7 +42,7 @@ export class MemberCache {
       this.entries.clear();
       this.generation += 1;
     }
-    return this.feed.subscribed;
+    return this.feed.cacheOn;
   }
 
   async find(organizationId: string, userId: string): Promise<MemberRow | undefined> {

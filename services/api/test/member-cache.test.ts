@@ -4,9 +4,9 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { createPostgresDatabase } from "../src/database";
 import { MemberCache } from "../src/member-cache";
 
-/** A feed the test controls: subscribed or not, and a flush counter. */
+/** A feed the test controls: cache on or not, and a flush counter. */
 function feed() {
-  return { subscribed: true, stats: { flushes: 0 } };
+  return { cacheOn: true, stats: { flushes: 0 } };
 }
 
 describe("MemberCache", () => {
@@ -51,12 +51,12 @@ describe("MemberCache", () => {
     const cache = new MemberCache(db, source);
     await setRole("u3", "owner");
     expect((await cache.find(org, "u3"))?.role).toBe("owner");
-    source.subscribed = false;
+    source.cacheOn = false;
     source.stats.flushes += 1;
     await setRole("u3", "member");
     expect((await cache.find(org, "u3"))?.role).toBe("member");
     expect(cache.size).toBe(0);
-    source.subscribed = true;
+    source.cacheOn = true;
     await setRole("u3", "owner");
     expect((await cache.find(org, "u3"))?.role).toBe("owner");
   });

@@ -14,7 +14,7 @@ export type GatewayConfig = {
   /** Without NATS nothing is cached: every request is checked with the API. */
   natsUrl: string | undefined;
   subjectPrefix: string;
-  cache: { maxEntries: number; ttlMs: number; negativeTtlMs: number };
+  cache: { maxEntries: number; ttlMs: number; negativeTtlMs: number; relayHeartbeatTimeoutMs: number };
   /** How often verified key uses are reported to the API (0: not reported). */
   keyUseReportIntervalMs: number;
   lookupTimeoutMs: number;
@@ -81,6 +81,7 @@ export function parseGatewayConfig(env: Env): GatewayConfig {
       maxEntries: integer(env, "VERIFIER_CACHE_MAX_ENTRIES", 100_000, 1, 10_000_000),
       ttlMs,
       negativeTtlMs: integer(env, "VERIFIER_CACHE_NEGATIVE_TTL_MS", Math.min(2_000, ttlMs), 0, ttlMs),
+      relayHeartbeatTimeoutMs: integer(env, "VERIFIER_HEARTBEAT_TIMEOUT_MS", 2_000, 600, 600_000),
     },
     keyUseReportIntervalMs: integer(env, "KEY_USE_REPORT_INTERVAL_MS", 1_000, 0, 3_600_000),
     lookupTimeoutMs: integer(env, "API_LOOKUP_TIMEOUT_MS", 5_000, 100, 60_000),

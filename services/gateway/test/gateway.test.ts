@@ -37,9 +37,11 @@ function fakeVerifier(options: { failing?: boolean; key?: VerifiedKey; cached?: 
     // Without `cached`, no cache: every request goes through verify().
     peek: (bearer: string) => (options.cached ? answer(bearer) : undefined),
     subscribed: true,
+    cacheOn: options.cached ?? false,
     invalidation: "nats",
     whenSubscribed: () => Promise.resolve(true),
     applyEvent: () => {},
+    applyRelayHeartbeat: () => {},
     stats: { hits: 0, misses: 0, lookups: 0, invalidations: 0, flushes: 0 },
     cacheSize: 0,
     close: () => Promise.resolve(),
