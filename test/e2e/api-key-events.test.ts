@@ -223,3 +223,162 @@ describe("GET /api/api-key-events (the organization's audit log)", () => {
     await reading;
   });
 });
+
+describe("GET /api/api-key-events as an event stream: access is checked while it streams", () => {
+  let api: RunningApi;
+  let listener: PgNotificationListener;
+  let projector: Projector;
+  const org = uniqueId("stream-org");
+  const owner = uniqueId("owner");
+
+  type Stream = { received: AuditItem[]; ended: Promise<void>; isEnded(): boolean; abort(): void };
+  /** Opens the event stream and collects its items until the server ends it (or `abort`). */
+  const openStream = async (headers: Record<string, string>, query = ""): Promise<Stream> => {
+    const controller = new AbortController();
+    const res = await fetch(`${api.baseUrl}/api/api-key-events${query}`, {
+      headers: { ...headers, accept: "text/event-stream" },
+      signal: controller.signal,
+    });
+    expect(res.status).toBe(200);
+    const received: AuditItem[] = [];
+    let ended = false;
+    const reading = (async () => {
+      const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) return;
+          buffer += decoder.decode(value, { stream: true });
+          for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
+            const block = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            const data = block.split("\n").find((line) => line.startsWith("data: "));
+            if (data) received.push(JSON.parse(data.slice(6)) as AuditItem);
+          }
+        }
+      } catch {
+        // aborted
+      } finally {
+        ended = true;
+      }
+    })();
+    return { received, ended: reading, isEnded: () => ended, abort: () => controller.abort() };
+  };
+  const createKey = async (userId: string, name: string, permissions: string[]) => {
+    const res = await fetch(`${api.baseUrl}/api/api-keys`, {
+      method: "POST",
+      headers: { ...(await api.jwtHeaders(userId, org)), "content-type": "application/json" },
+      body: JSON.stringify({ name, permissions }),
+    });
+    expect(res.status).toBe(201);
+    return ((await res.json()) as { value: string }).value;
+  };
+  const arrives = (stream: Stream, name: string) =>
+    until(
+      `${name} on the stream`,
+      async () => (stream.received.some((i) => i.data.name === name) ? true : undefined),
+      30_000,
+    );
+  /** The stream ends by itself (a stream that keeps going fails the test instead of hanging it). */
+  const endsWithin = (stream: Stream, ms: number) =>
+    until("the server to end the stream", async () => (stream.isEnded() ? true : undefined), ms);
+  /** Waits until `name`'s KeyCreated is sealed (visible to the owner), so a live stream would have had it. */
+  const sealedKey = (name: string) =>
+    until(`${name} sealed`, async () => {
+      const res = await fetch(`${api.baseUrl}/api/api-key-events?limit=1000`, {
+        headers: await api.jwtHeaders(owner, org),
+      });
+      const page = (await res.json()) as Page;
+      return page.items.find((i) => i.data.name === name);
+    });
+
+  beforeAll(async () => {
+    listener = new PgNotificationListener({ connectionString: inject("databaseUrl") });
+    api = await startApi({ notifications: listener });
+    projector = new Projector({ db: api.db, notifications: listener, pollIntervalMs: 200 });
+    projector.start();
+    await api.setMember(org, owner, "owner");
+  });
+  afterAll(async () => {
+    await projector?.stop();
+    await api?.close();
+    await listener?.close();
+  });
+
+  it("ends a member's stream when read:audit_logs is taken away, before sending that change", async () => {
+    const member = uniqueId("auditor");
+    await api.setMember(org, member, "member", ["read:audit_logs"]);
+    const stream = await openStream(await api.jwtHeaders(member, org));
+    await createKey(owner, "seen-by-member", []);
+    await arrives(stream, "seen-by-member");
+    await api.setMember(org, member, "member", ["write:sandboxes"]);
+    await endsWithin(stream, 20_000);
+    await createKey(owner, "after-member-narrowed", []);
+    await sealedKey("after-member-narrowed");
+    const narrowing = stream.received.filter(
+      (i) => i.data.userId === member && !(i.data.permissions as string[]).includes("read:audit_logs"),
+    );
+    expect(narrowing).toEqual([]);
+    expect(stream.received.some((i) => i.data.name === "after-member-narrowed")).toBe(false);
+    stream.abort();
+  });
+
+  it("ends an API key's stream when the key is revoked, before sending the revocation", async () => {
+    const holder = uniqueId("key-holder");
+    await api.setMember(org, holder, "member", ["read:audit_logs"]);
+    const key = await createKey(holder, "audit-stream-key", ["read:audit_logs"]);
+    const stream = await openStream({ authorization: `Bearer ${key}` });
+    await createKey(owner, "seen-by-key", []);
+    await arrives(stream, "seen-by-key");
+    const del = await fetch(`${api.baseUrl}/api/api-keys/audit-stream-key`, {
+      method: "DELETE",
+      headers: await api.jwtHeaders(holder, org),
+    });
+    expect(del.status).toBe(204);
+    await endsWithin(stream, 20_000);
+    await createKey(owner, "after-key-revoked", []);
+    await sealedKey("after-key-revoked");
+    expect(stream.received.some((i) => i.type === "KeyRevoked")).toBe(false);
+    expect(stream.received.some((i) => i.data.name === "after-key-revoked")).toBe(false);
+    // An idle stream notices too: the same key, used again, is refused outright.
+    expect(
+      (await fetch(`${api.baseUrl}/api/api-key-events`, { headers: { authorization: `Bearer ${key}` } })).status,
+    ).toBe(401);
+    stream.abort();
+  });
+
+  it("ends a JWT's stream at the token's exp, even while idle", async () => {
+    const exp = Math.floor(Date.now() / 1000) + 3;
+    const token = await api.issuer.token({ sub: owner }, { expiresIn: exp });
+    const stream = await openStream({ authorization: `Bearer ${token}`, "x-daytona-organization-id": org });
+    await createKey(owner, "before-exp", []);
+    await arrives(stream, "before-exp");
+    await endsWithin(stream, 20_000);
+    expect(Date.now()).toBeGreaterThanOrEqual(exp * 1000);
+    await createKey(owner, "after-exp", []);
+    await sealedKey("after-exp");
+    expect(stream.received.some((i) => i.data.name === "after-exp")).toBe(false);
+    stream.abort();
+  });
+
+  it("resumes from Last-Event-ID rather than the URL's after (an EventSource reconnecting)", async () => {
+    await createKey(owner, "resume-1", []);
+    await createKey(owner, "resume-2", []);
+    const first = await sealedKey("resume-1");
+    const second = await sealedKey("resume-2");
+    const headers = { ...(await api.jwtHeaders(owner, org)), "last-event-id": second.cursor };
+    const stream = await openStream(headers, `?after=${encodeURIComponent(first.cursor)}`);
+    await createKey(owner, "resume-3", []);
+    await arrives(stream, "resume-3");
+    expect(stream.received.map((i) => i.cursor)).not.toContain(second.cursor);
+    expect(BigInt(stream.received[0]?.position ?? "0")).toBeGreaterThan(BigInt(second.position));
+    stream.abort();
+    // Without Last-Event-ID, `after` still decides where the stream starts.
+    const fromAfter = await openStream(await api.jwtHeaders(owner, org), `?after=${encodeURIComponent(first.cursor)}`);
+    await arrives(fromAfter, "resume-2");
+    expect(fromAfter.received[0]?.cursor).toBe(second.cursor);
+    fromAfter.abort();
+  });
+});

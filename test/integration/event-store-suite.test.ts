@@ -99,3 +99,27 @@ describe("migrations run without the requests' statement timeout (Postgres)", ()
     }
   });
 });
+
+describe("pendingMigrations tells 'no migrations table' from 'no database' (Postgres)", () => {
+  it("lists every version when schema_migrations does not exist, and throws what else went wrong", async () => {
+    const scratch = await createScratchDatabase(1);
+    const dir = await mkdtemp(join(tmpdir(), "keyledger-migrations-"));
+    await writeFile(join(dir, "0001_first.sql"), "CREATE TABLE first_done (x int);");
+    const unreachable = createPostgresDatabase({ connectionString: "postgres://postgres@127.0.0.1:1/none" });
+    const missing = createPostgresDatabase({
+      connectionString: `${scratch.url}_missing`,
+      maxConnections: 1,
+    });
+    try {
+      await scratch.db.schema.dropTable("schema_migrations").execute();
+      expect(await pendingMigrations(scratch.db, dir)).toEqual(["0001_first"]);
+      await expect(pendingMigrations(unreachable, dir)).rejects.toThrow(/ECONNREFUSED/);
+      await expect(pendingMigrations(missing, dir)).rejects.toThrow(/database ".*_missing" does not exist/);
+    } finally {
+      await unreachable.destroy();
+      await missing.destroy();
+      await rm(dir, { recursive: true, force: true });
+      await scratch.drop();
+    }
+  });
+});

@@ -3,6 +3,7 @@ import {
   chainHash,
   GENESIS_HASH,
   type SealableEvent,
+  SealingBlockedError,
   sealPending,
   verifyLog,
 } from "@keyledger/audit-log";
@@ -197,5 +198,69 @@ describe("the hash chain over the log", () => {
     const gap = await verifyLog(db, { fromPosition: later });
     expect(gap.problem).toMatchObject({ position: inserted.rows[0]?.global_position, kind: "stream-gap" });
     expect(gap.unsealed).toBe(1);
+  });
+
+  it("names the position of a sealed event edited to hold a number no hash can cover", async () => {
+    await sealAll(db);
+    const log = await positions(db);
+    const target = log[Math.floor(log.length / 2)]?.position as string;
+    // jsonb takes 1e400; JavaScript reads it as Infinity, which has no canonical JSON form.
+    await sql`UPDATE events SET data = data || '{"x": 1e400}' WHERE global_position = ${target}::bigint`.execute(db);
+    const result = await verifyLog(db);
+    expect(result.ok).toBe(false);
+    expect(result.problem).toMatchObject({ position: target, kind: "unhashable" });
+    expect(result.problem?.message).toMatch(/cannot be hashed \(JCS: Infinity is not a JSON number\)/);
+  });
+
+  it("seals up to an event it cannot hash, says so once, and goes on once it is repaired", async () => {
+    await sealAll(db);
+    const append = async (version: number, data: string) => {
+      const inserted = await sql<{ global_position: string }>`
+        INSERT INTO events (event_id, stream_id, stream_version, event_type, data, metadata, occurred_at)
+        VALUES (gen_random_uuid(), 'raw-stream', ${version}, 'KeyUsed', ${data}::jsonb, '{}', now())
+        RETURNING global_position::text AS global_position`.execute(db);
+      return inserted.rows[0]?.global_position as string;
+    };
+    const before = await append(1, '{"n": 1}');
+    const bad = await append(2, '{"n": -1e400}');
+    const after = await append(3, '{"n": 3}');
+
+    // The first pass that reaches it throws, naming the position and the reason (the projector logs that).
+    let thrown: unknown;
+    for (let attempt = 0; attempt < 600 && thrown === undefined; attempt++) {
+      try {
+        await sealPending(db, { wait: true });
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      } catch (error) {
+        thrown = error;
+      }
+    }
+    expect(thrown).toBeInstanceOf(SealingBlockedError);
+    expect((thrown as SealingBlockedError).position).toBe(bad);
+    expect((thrown as Error).message).toMatch(
+      new RegExp(`stops before position ${bad}, which cannot be hashed \\(JCS: -Infinity is not a JSON number\\)`),
+    );
+    const sealedPositions = async () =>
+      (await sql<{ p: string }>`SELECT global_position::text AS p FROM event_seals`.execute(db)).rows.map((r) => r.p);
+    expect(await sealedPositions()).toContain(before);
+    expect(await sealedPositions()).not.toContain(bad);
+
+    // Later passes do not throw again: they say where the chain is blocked and do not ask to be retried at once.
+    const again = await sealPending(db, { wait: true });
+    expect(again).toMatchObject({ sealed: 0, heldBack: false, blocked: { position: bad } });
+    expect(again.head.globalPosition).toBe(before);
+    const verified = await verifyLog(db);
+    expect(verified.problem).toMatchObject({ position: bad, kind: "unhashable" });
+    expect(verified.unsealed).toBe(2);
+
+    await sql`UPDATE events SET data = '{"n": 2}' WHERE global_position = ${bad}::bigint`.execute(db);
+    let repaired = await sealPending(db, { wait: true });
+    for (let attempt = 0; attempt < 600 && !(await sealedPositions()).includes(after); attempt++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      repaired = await sealPending(db, { wait: true });
+    }
+    expect(repaired.blocked).toBeNull();
+    expect(await sealedPositions()).toContain(after);
+    expect(await verifyLog(db)).toMatchObject({ ok: true, unsealed: 0, problem: null });
   });
 });

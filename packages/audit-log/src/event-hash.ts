@@ -33,12 +33,31 @@ export function canonicalEvent(event: SealableEvent): string {
   });
 }
 
-/** SHA-256(previous hash's 32 bytes || UTF-8 canonical event), lowercase hex. */
+/**
+ * A stored event that has no canonical form, so no hash: its jsonb holds what JSON data as JavaScript reads it
+ * cannot (a number beyond a double, e.g. `1e400`, which reads as Infinity). Postgres accepts such numbers; the
+ * API never writes them, so one is there only if the log was written around it.
+ */
+export class UnhashableEventError extends Error {
+  constructor(
+    readonly position: string,
+    readonly reason: string,
+  ) {
+    super(`position ${position} cannot be hashed: ${reason}`);
+    this.name = "UnhashableEventError";
+  }
+}
+
+/** SHA-256(previous hash's 32 bytes || UTF-8 canonical event), lowercase hex; `UnhashableEventError` if none. */
 export function chainHash(previousHash: string, event: SealableEvent): string {
-  return createHash("sha256")
-    .update(Buffer.from(previousHash, "hex"))
-    .update(canonicalEvent(event), "utf8")
-    .digest("hex");
+  let canonical: string;
+  try {
+    canonical = canonicalEvent(event);
+  } catch (error) {
+    if (error instanceof TypeError) throw new UnhashableEventError(event.globalPosition, error.message);
+    throw error;
+  }
+  return createHash("sha256").update(Buffer.from(previousHash, "hex")).update(canonical, "utf8").digest("hex");
 }
 
 /** The organization an event is about: its data's `organizationId`, else its metadata's; "" when neither. */

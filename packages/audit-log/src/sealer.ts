@@ -7,6 +7,7 @@ import {
   SEALABLE_COLUMNS,
   type SealableRow,
   toSealableEvent,
+  UnhashableEventError,
 } from "./event-hash";
 
 /** Notified (payload: the new head's chain index) after the sealer extends the chain. */
@@ -41,7 +42,33 @@ export type SealResult = {
   busy: boolean;
   /** Committed events are waiting for an older transaction to finish before they can be sealed. */
   heldBack: boolean;
+  /**
+   * The next event in commit order cannot be hashed (`UnhashableEventError`): the chain stops before it, and
+   * nothing after it is sealed until the event is repaired. Null otherwise.
+   */
+  blocked: { position: string; reason: string } | null;
 };
+
+/**
+ * Thrown by `sealPending` the first time (per database handle) it finds the chain blocked by an event it cannot
+ * hash, after sealing the events before it; later calls return `blocked` instead, so a caller that logs its
+ * errors (the projector) logs the position and the reason once, not on every pass.
+ */
+export class SealingBlockedError extends Error {
+  constructor(
+    readonly position: string,
+    readonly reason: string,
+  ) {
+    super(
+      `the hash chain stops before position ${position}, which cannot be hashed (${reason}): no event after it is ` +
+        "sealed until the event is repaired (docs/projections.md)",
+    );
+    this.name = "SealingBlockedError";
+  }
+}
+
+/** The blocking position each database handle has already reported (thrown) to its caller. */
+const reportedBlocks = new WeakMap<object, string>();
 
 const SEALER_LOCK = sql`hashtextextended('keyledger.sealer', 0)`;
 
@@ -49,7 +76,10 @@ const SEALER_LOCK = sql`hashtextextended('keyledger.sealer', 0)`;
  * Extends the hash chain over every event committed so far, in the log's commit-safe order (transaction id, then
  * global position; only transactions older than every running one, as `readAllAfter` reads). Writers never wait
  * for it: it runs after their commit. Each batch stores its seals — which are also the sealer's checkpoint — in
- * one transaction, under an advisory lock so that one process at a time extends the chain.
+ * one transaction, under an advisory lock so that one process at a time extends the chain. An event it cannot hash
+ * (`UnhashableEventError`) stops the chain before it: the events before it are sealed, nothing after it is, and
+ * the first call that finds it throws `SealingBlockedError` (position and reason) while later ones return
+ * `blocked`.
  */
 export async function sealPending(
   db: Kysely<unknown>,
@@ -74,7 +104,7 @@ export async function sealPending(
            AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY e.transaction_id, e.global_position
          LIMIT ${batchSize}`.execute(trx);
-      if (rows.rows.length === 0) return { count: 0, head };
+      if (rows.rows.length === 0) return { count: 0, head, blocked: null };
       const indexes: string[] = [];
       const positions: string[] = [];
       const transactions: string[] = [];
@@ -82,9 +112,19 @@ export async function sealPending(
       const hashes: string[] = [];
       let previous = head.hash;
       let index = BigInt(head.chainIndex);
+      let last: SealableRow | undefined;
+      let blocked: UnhashableEventError | null = null;
       for (const row of rows.rows) {
         const event = toSealableEvent(row);
-        previous = chainHash(previous, event);
+        try {
+          previous = chainHash(previous, event);
+        } catch (error) {
+          if (!(error instanceof UnhashableEventError)) throw error;
+          // The chain cannot include what it cannot hash, nor skip it (the chain is the commit order): stop here.
+          blocked = error;
+          break;
+        }
+        last = row;
         index += 1n;
         indexes.push(index.toString());
         positions.push(event.globalPosition);
@@ -92,14 +132,16 @@ export async function sealPending(
         organizations.push(organizationOf(event));
         hashes.push(previous);
       }
+      const reason = blocked === null ? null : { position: blocked.position, reason: blocked.reason };
+      if (last === undefined) return { count: 0, head, blocked: reason };
       await sql`
         INSERT INTO event_seals (chain_index, global_position, transaction_id, organization_id, hash)
         SELECT * FROM unnest(${indexes}::bigint[], ${positions}::bigint[], ${transactions}::text[]::xid8[],
                              ${organizations}::text[], ${hashes}::text[])`.execute(trx);
       await sql`SELECT pg_notify(${SEALED_CHANNEL}, ${index.toString()})`.execute(trx);
-      const last = rows.rows[rows.rows.length - 1] as SealableRow;
       return {
-        count: rows.rows.length,
+        count: indexes.length,
+        blocked: reason,
         head: {
           chainIndex: index.toString(),
           globalPosition: last.global_position,
@@ -108,12 +150,21 @@ export async function sealPending(
         },
       };
     });
-    if (batch === null) return { sealed, head: await loadChainHead(db), busy: true, heldBack: false };
+    if (batch === null) return { sealed, head: await loadChainHead(db), busy: true, heldBack: false, blocked: null };
     sealed += batch.count;
+    if (batch.blocked !== null) {
+      if (reportedBlocks.get(db) !== batch.blocked.position) {
+        reportedBlocks.set(db, batch.blocked.position);
+        throw new SealingBlockedError(batch.blocked.position, batch.blocked.reason);
+      }
+      // Not heldBack: nothing will unblock it soon, the caller's usual wake-ups and polls are enough.
+      return { sealed, head: batch.head, busy: false, heldBack: false, blocked: batch.blocked };
+    }
+    reportedBlocks.delete(db);
     if (batch.count < batchSize) {
       // Committed events past the head were held back by an older transaction (or have just been released by
       // it, after the batch read): either way, look again soon.
-      return { sealed, head: batch.head, busy: false, heldBack: await hasEventsAfter(db, batch.head) };
+      return { sealed, head: batch.head, busy: false, heldBack: await hasEventsAfter(db, batch.head), blocked: null };
     }
   }
 }

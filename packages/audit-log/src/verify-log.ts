@@ -1,5 +1,13 @@
 import { type Kysely, sql } from "kysely";
-import { chainHash, GENESIS_HASH, SEALABLE_COLUMNS, type SealableRow, toSealableEvent } from "./event-hash";
+import {
+  canonicalEvent,
+  chainHash,
+  GENESIS_HASH,
+  SEALABLE_COLUMNS,
+  type SealableRow,
+  toSealableEvent,
+  UnhashableEventError,
+} from "./event-hash";
 import { type ChainHead, EMPTY_CHAIN, loadChainHead } from "./sealer";
 
 export type LogProblemKind =
@@ -8,7 +16,8 @@ export type LogProblemKind =
   | "commit-order-changed"
   | "unsealed-in-chain"
   | "stream-gap"
-  | "stream-order";
+  | "stream-order"
+  | "unhashable";
 
 /** The first place where the log does not match its chain or its streams. */
 export type LogProblem = { position: string; kind: LogProblemKind; message: string };
@@ -121,7 +130,19 @@ export async function verifyLog(
             };
             break chain;
           }
-          const hash = chainHash(previousHash, toSealableEvent(event));
+          let hash: string;
+          try {
+            hash = chainHash(previousHash, toSealableEvent(event));
+          } catch (error) {
+            if (!(error instanceof UnhashableEventError)) throw error;
+            chainProblem = {
+              at,
+              position: seal.global_position,
+              kind: "unhashable",
+              message: `position ${seal.global_position} (chain index ${seal.chain_index}) cannot be hashed (${error.reason}): the event was changed after it was sealed`,
+            };
+            break chain;
+          }
           if (hash !== seal.hash) {
             chainProblem = {
               at,
@@ -139,12 +160,11 @@ export async function verifyLog(
       }
 
       const streamProblem = await firstStreamProblem(trx, start);
-      const problem =
-        chainProblem && streamProblem
-          ? before(streamProblem.at, chainProblem.at)
-            ? streamProblem
-            : chainProblem
-          : (chainProblem ?? streamProblem);
+      const tailProblem = chainProblem ? null : await firstUnhashableAfter(trx, head, pageSize);
+      let problem: (LogProblem & { at: Cursor }) | null = null;
+      for (const candidate of [chainProblem, streamProblem, tailProblem]) {
+        if (candidate && (problem === null || before(candidate.at, problem.at))) problem = candidate;
+      }
       const tail = await sql<{ n: string }>`
         SELECT count(*)::text AS n FROM events
          WHERE (transaction_id, global_position) > (${head.transactionId}::xid8, ${head.globalPosition}::bigint)`.execute(
@@ -158,6 +178,40 @@ export async function verifyLog(
         problem: problem ? { position: problem.position, kind: problem.kind, message: problem.message } : null,
       };
     });
+}
+
+/**
+ * The first committed event past the chain's head (commit order) that cannot be hashed: the sealer stops before
+ * it, so it and every event after it stay unsealed until it is repaired.
+ */
+async function firstUnhashableAfter(
+  trx: Kysely<unknown>,
+  head: ChainHead,
+  pageSize: number,
+): Promise<(LogProblem & { at: Cursor }) | null> {
+  let cursor: Cursor = { transactionId: head.transactionId, globalPosition: head.globalPosition };
+  for (;;) {
+    const page = await sql<SealableRow>`
+      SELECT ${SEALABLE_COLUMNS} FROM events e
+       WHERE (e.transaction_id, e.global_position) > (${cursor.transactionId}::xid8, ${cursor.globalPosition}::bigint)
+       ORDER BY e.transaction_id, e.global_position LIMIT ${pageSize}`.execute(trx);
+    for (const row of page.rows) {
+      try {
+        canonicalEvent(toSealableEvent(row));
+      } catch (error) {
+        if (!(error instanceof TypeError)) throw error;
+        return {
+          at: { transactionId: row.transaction_id, globalPosition: row.global_position },
+          position: row.global_position,
+          kind: "unhashable",
+          message: `position ${row.global_position} is not sealed and cannot be hashed (${error.message}): the chain stops before it, so no event after it is sealed`,
+        };
+      }
+    }
+    const last = page.rows[page.rows.length - 1];
+    if (last === undefined || page.rows.length < pageSize) return null;
+    cursor = { transactionId: last.transaction_id, globalPosition: last.global_position };
+  }
 }
 
 /** Why the log's next event (in commit order) is not the sealed one. */

@@ -1,4 +1,5 @@
 export * from "./api-key";
+export * from "./date-time";
 export * from "./errors";
 export * from "./events";
 export * from "./key-format";

@@ -33,13 +33,24 @@ export async function runMigrations(db: Kysely<any>, dir = DEFAULT_MIGRATIONS_DI
   return { applied, alreadyApplied };
 }
 
-/** Versions not yet applied; empty means the schema is current (used by readiness checks). */
+/** Postgres's SQLSTATE for "relation does not exist". */
+const UNDEFINED_TABLE = "42P01";
+
+/**
+ * Versions not yet applied; empty means the schema is current (used by readiness checks). Every version when the
+ * database has no `schema_migrations` table yet; errors reaching the database are thrown.
+ */
 // biome-ignore lint/suspicious/noExplicitAny: migrations run against any schema
 export async function pendingMigrations(db: Kysely<any>, dir = DEFAULT_MIGRATIONS_DIR): Promise<string[]> {
   const files = (await readdir(dir)).filter((f) => f.endsWith(".sql")).sort();
+  // Only a missing `schema_migrations` (undefined_table) means "none applied"; anything else (an unreachable or
+  // missing database, a refused login, a timeout) is not an answer about migrations, and is thrown.
   const result = await sql<{ version: string }>`SELECT version FROM schema_migrations`
     .execute(db)
-    .catch(() => ({ rows: [] as { version: string }[] }));
+    .catch((error: unknown) => {
+      if ((error as { code?: unknown } | null)?.code === UNDEFINED_TABLE) return { rows: [] as { version: string }[] };
+      throw error;
+    });
   const done = new Set(result.rows.map((r) => r.version));
   return files.map((f) => f.replace(/\.sql$/, "")).filter((v) => !done.has(v));
 }

@@ -1,31 +1,18 @@
+import { parseIsoDateTime } from "@keyledger/domain";
 import type { KeyUseReport } from "@keyledger/nats-bus";
 import type { Kysely } from "kysely";
 import type { KeyUsageRecorder } from "./key-usage-recorder";
 import { type ApiKeyRow, findApiKeysByHashes, validUntilForValue } from "./read-model-queries";
 
-/** An RFC 3339 date-time (AsyncAPI's `format: date-time`), as the gateways write it (`toISOString`). */
-const DATE_TIME = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?(?:[Zz]|[+-](\d{2}):(\d{2}))$/;
+/** An RFC 3339 date-time's shape (AsyncAPI's `format: date-time`), as the gateways write it (`toISOString`). */
+const RFC_3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})$/;
 
 /**
  * The instant a report's `usedAt` names, or undefined when it is not a real RFC 3339 date-time: no 30 February, no
  * hour 24, no offset of 25 hours, nothing `Date.parse` would take leniently ("1", "March 7") or roll over.
  */
 function parseUsedAt(value: string): number | undefined {
-  const fields = DATE_TIME.exec(value);
-  if (fields === null) return undefined;
-  const [, year, month, day, hour, minute, second, offsetHours, offsetMinutes] = fields.map(Number) as number[];
-  const daysInMonth = new Date(Date.UTC(year as number, month as number, 0)).getUTCDate();
-  const valid =
-    (month as number) >= 1 &&
-    (month as number) <= 12 &&
-    (day as number) >= 1 &&
-    (day as number) <= daysInMonth &&
-    (hour as number) <= 23 &&
-    (minute as number) <= 59 &&
-    (second as number) <= 59 &&
-    (fields[7] === undefined || ((offsetHours as number) <= 23 && (offsetMinutes as number) <= 59));
-  const ms = valid ? Date.parse(value) : Number.NaN;
-  return Number.isNaN(ms) ? undefined : ms;
+  return RFC_3339.test(value) ? parseIsoDateTime(value.toUpperCase())?.getTime() : undefined;
 }
 
 /** When a reported use is recorded: at its `usedAt`, but never in the future nor before the key was created. */

@@ -5,8 +5,9 @@ import { sealPending } from "@keyledger/audit-log";
 import type { Permission } from "@keyledger/domain";
 import type { OrganizationAsOf } from "@keyledger/projections";
 import { type Kysely, sql } from "kysely";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it, vi } from "vitest";
 import { createScratchDatabase, type ScratchDatabase } from "../../../test/support/database";
+import { withDatabase } from "../../../test/support/global-setup";
 import { readModelRows, writeKeyHistory } from "../../../test/support/key-history";
 import { runCli } from "../src/cli";
 import { COMMANDS } from "../src/commands/index";
@@ -159,6 +160,43 @@ describe("pnpm keyledger rebuild, verify-log, audit, events tail", () => {
     expect((await keyledger(["audit", "--as-of", "2024-01-01"], env)).code).toBe(2);
   });
 
+  it("audit refuses --as-of dates that do not exist instead of rolling them over", async () => {
+    for (const asOf of [
+      "2026-02-30",
+      "2026-02-29T12:00:00Z",
+      "2026-04-31T00:00:00Z",
+      "2024-01-05T24:00:00Z",
+      "2024-01-05T23:60Z",
+      "2024-01-05T00:00:00+25:00",
+    ]) {
+      const result = await keyledger(["audit", "--org", org, "--as-of", asOf], env);
+      expect(result.code, asOf).toBe(2);
+      expect(result.stderr).toBe(`keyledger audit: --as-of must be an ISO 8601 time, got "${asOf}"\n`);
+      expect(result.stdout).toBe("");
+    }
+    const leapDay = await keyledger(["audit", "--org", org, "--as-of", "2024-02-29", "--json"], env);
+    expect(leapDay.code, leapDay.stderr).toBe(0);
+    expect((JSON.parse(leapDay.stdout) as OrganizationAsOf).asOf).toBe("2024-02-29T00:00:00.000Z");
+  });
+
+  it("audit reads an --as-of time without a zone as UTC, whatever the host's zone", async () => {
+    const zone = process.env.TZ;
+    process.env.TZ = "Pacific/Kiritimati"; // UTC+14: a local reading would be 14 hours earlier
+    try {
+      for (const asOf of ["2024-01-02T00:00:00", "2024-01-02 00:00:00", "2024-01-02T00:00"]) {
+        const result = await keyledger(["audit", "--org", org, "--as-of", asOf, "--json"], env);
+        expect(result.code, result.stderr).toBe(0);
+        const report = JSON.parse(result.stdout) as OrganizationAsOf;
+        expect(report.asOf, asOf).toBe("2024-01-02T00:00:00.000Z");
+        // alice's "ci" was created at 2024-01-02T00:00:00Z: at or before the time, so it is there.
+        expect(report.keys.map((k) => k.name)).toContain("ci");
+      }
+    } finally {
+      if (zone === undefined) delete process.env.TZ;
+      else process.env.TZ = zone;
+    }
+  });
+
   it("rebuild leaves the read model as it was", async () => {
     const live = await readModelRows(db);
     const result = await keyledger(["rebuild", "--projection", "api_keys"], env);
@@ -254,5 +292,73 @@ describe("pnpm keyledger rebuild, verify-log, audit, events tail", () => {
     const unsealed = await keyledger(["verify-log", "--from", "999999999"], env);
     expect(unsealed.code).toBe(2);
     expect(unsealed.stderr).toMatch(/position 999999999 is not sealed/);
+  });
+});
+
+describe("pnpm keyledger verify-log on an event no hash can cover", () => {
+  let scratch: ScratchDatabase;
+  let env: Record<string, string>;
+  beforeAll(async () => {
+    scratch = await createScratchDatabase(4);
+    env = { DATABASE_URL: scratch.url };
+    const commands = new KeyCommands(scratch.db);
+    for (const userId of ["u1", "u2", "u3"]) {
+      await commands.changeMember(
+        {
+          type: "ChangeMemberAccess",
+          data: { organizationId: "jcs-org", userId, role: "member", permissions: [], now: new Date() },
+        },
+        at(new Date().toISOString(), "jcs-org"),
+      );
+    }
+    await sealEverything(scratch.db);
+  });
+  afterAll(async () => {
+    await scratch?.drop();
+  });
+
+  it("reports it at its position with kind unhashable, exit 1, in text and JSON", async () => {
+    const target = await sql<{ p: string }>`
+      SELECT global_position::text AS p FROM events ORDER BY global_position LIMIT 1 OFFSET 1`.execute(scratch.db);
+    const position = target.rows[0]?.p as string;
+    await sql`UPDATE events SET data = data || '{"x": 1e400}' WHERE global_position = ${position}::bigint`.execute(
+      scratch.db,
+    );
+    const text = await keyledger(["verify-log"], env);
+    expect(text.code).toBe(1);
+    expect(text.stdout).toMatch(
+      /^1 sealed event\(s\) verified; head: position \d+, chain index 3, hash [0-9a-f]{64}; /,
+    );
+    expect(text.stderr).toMatch(
+      new RegExp(
+        `^keyledger verify-log: position ${position}: .*cannot be hashed \\(JCS: Infinity is not a JSON number\\)`,
+      ),
+    );
+    const json = await keyledger(["verify-log", "--json"], env);
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.stdout)).toMatchObject({
+      ok: false,
+      eventsVerified: 1,
+      problem: { position, kind: "unhashable" },
+    });
+  });
+});
+
+describe("pnpm keyledger on a database it cannot reach", () => {
+  it("says what is wrong in one line, not that migrations are pending", async () => {
+    for (const command of [["verify-log"], ["audit", "--org", "x"]]) {
+      const result = await keyledger(command, { DATABASE_URL: "postgres://postgres:secret@127.0.0.1:1/keyledger" });
+      expect(result.code).toBe(1);
+      expect(result.stderr).toBe(
+        `keyledger ${command[0]}: cannot read the database at 127.0.0.1:1/keyledger (DATABASE_URL): connect ECONNREFUSED 127.0.0.1:1\n`,
+      );
+    }
+    const missing = await keyledger(["verify-log"], {
+      DATABASE_URL: withDatabase(inject("adminDatabaseUrl"), "keyledger_none_such"),
+    });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(
+      /^keyledger verify-log: cannot read the database at .*: database "keyledger_none_such" does not exist\n$/,
+    );
   });
 });

@@ -1,8 +1,16 @@
+import { parseIsoDateTime } from "@keyledger/domain";
 import { type OrganizationAsOf, replayOrganizationAsOf } from "@keyledger/projections";
 import { type CliCommand, parseFlags, UsageError } from "../command";
 import { openMigratedStore, requiredFlag } from "./log-access";
 
-const ISO_TIME = /^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)?(?:Z|[+-]\d{2}:?\d{2})?$/;
+/**
+ * `--as-of`: an ISO 8601 date or date-time whose every field is real (no 30 February, no hour 24: nothing rolls
+ * over), a space allowed for the `T`. A time without a zone is UTC, as `occurredAt` is, whatever the host's zone;
+ * a date alone is its midnight UTC.
+ */
+export function parseAsOf(raw: string): Date | undefined {
+  return parseIsoDateTime(raw.replace(/^(\d{4}-\d{2}-\d{2}) (?=\d)/, "$1T"), { zoneless: "utc" });
+}
 
 function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
@@ -49,7 +57,7 @@ export function formatAudit(report: OrganizationAsOf): string {
 export const auditCommand: CliCommand = {
   name: "audit",
   summary: "replay the log up to a time: an organization's keys (permissions, owner, expiry, valid then) and members",
-  usage: "keyledger audit --org <id> [--as-of <ISO time, default now>] [--json]",
+  usage: "keyledger audit --org <id> [--as-of <ISO time (UTC unless it has an offset), default now>] [--json]",
   examples: ["pnpm keyledger audit --org acme --as-of 2025-06-30T23:59:59Z", "pnpm keyledger audit --org acme --json"],
   async run(args, env) {
     const flags = parseFlags(args, ["org", "as-of", "json"]);
@@ -57,10 +65,9 @@ export const auditCommand: CliCommand = {
     let asOf = new Date();
     if (flags["as-of"] !== undefined) {
       const raw = flags["as-of"];
-      asOf = new Date(raw);
-      if (!ISO_TIME.test(raw) || Number.isNaN(asOf.getTime())) {
-        throw new UsageError(`--as-of must be an ISO 8601 time, got "${raw}"`);
-      }
+      const parsed = parseAsOf(raw);
+      if (parsed === undefined) throw new UsageError(`--as-of must be an ISO 8601 time, got "${raw}"`);
+      asOf = parsed;
     }
     const db = await openMigratedStore(env, 1);
     try {

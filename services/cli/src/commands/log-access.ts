@@ -15,12 +15,36 @@ export async function openMigratedStore(
   const db = env.DATABASE_URL
     ? createPostgresDatabase({ connectionString: env.DATABASE_URL, maxConnections, statementTimeoutMs: 86_400_000 })
     : await openStore(env, maxConnections);
-  const pending = await pendingMigrations(db);
+  let pending: string[];
+  try {
+    pending = await pendingMigrations(db);
+  } catch (error) {
+    await db.destroy().catch(() => {});
+    throw new Error(`cannot read ${databaseName(env)}: ${errorText(error)}`);
+  }
   if (pending.length > 0) {
     await db.destroy();
     throw new Error(`the database has pending migrations (${pending.join(", ")}): run pnpm keyledger migrate first`);
   }
   return db;
+}
+
+/** Which database a command opened, for messages: DATABASE_URL's host, port and name (never its credentials). */
+function databaseName(env: Record<string, string | undefined>): string {
+  if (!env.DATABASE_URL) return `the embedded database in ${env.KEYLEDGER_DATA_DIR || ".keyledger"}`;
+  try {
+    const url = new URL(env.DATABASE_URL);
+    return `the database at ${url.host}${url.pathname} (DATABASE_URL)`;
+  } catch {
+    return "the database of DATABASE_URL";
+  }
+}
+
+/** An error's message; a connection error's code when it has no message (node's AggregateError for ::1 and 127.0.0.1). */
+function errorText(error: unknown): string {
+  const { message, code } = (error ?? {}) as { message?: unknown; code?: unknown };
+  if (typeof message === "string" && message !== "") return message;
+  return typeof code === "string" ? code : String(error);
 }
 
 export function requiredFlag(flags: Record<string, string>, name: string): string {

@@ -3,9 +3,12 @@ import type { ServerResponse } from "node:http";
 import { decodeCursor, encodeCursor, listOrganizationEvents, SEALED_CHANNEL } from "@keyledger/audit-log";
 import type { NotificationSource } from "@keyledger/projections";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { decodeJwt } from "jose";
 import type { Kysely } from "kysely";
+import { databaseKeyLookup } from "../../api-key-verifier";
 import { ApiError, invalidCredentials } from "../../http-errors";
-import type { AuthContext } from "../../plugins/app/authentication";
+import { type AuthContext, presentedBearerToken } from "../../plugins/app/authentication";
+import { findMember } from "../../read-model-queries";
 import { errorResponses } from "../api-keys/schemas";
 import { ApiKeyEventPageSchema, ApiKeyEventsQuerySchema, DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE } from "./schemas";
 
@@ -17,7 +20,14 @@ export type ApiKeyEventRoutesOptions = {
   pollIntervalMs?: number;
   /** Comment line sent on idle event streams, so proxies keep them open (ms). */
   heartbeatMs?: number;
+  /**
+   * Longest an idle event stream goes without checking that its credential still may read the audit log (ms,
+   * default 5000). A stream also checks before it sends each batch of events, and ends at its JWT's `exp`.
+   */
+  accessRecheckMs?: number;
 };
+
+const ACCESS_RECHECK_MS = 5000;
 
 const STREAM_PAGE = 500;
 
@@ -25,6 +35,48 @@ const STREAM_PAGE = 500;
 function mayReadAuditLog(auth: AuthContext): boolean {
   if (auth.method === "jwt") return auth.role === "owner" || auth.memberPermissions.includes("read:audit_logs");
   return (auth.key.permissions as readonly string[]).includes("read:audit_logs");
+}
+
+/**
+ * Whether the credential that opened an event stream may still read the audit log: the reason it may not, or
+ * undefined. Read from the database (the read model is updated in the transaction of every command, so a
+ * revocation or a narrowed membership shows as soon as its event exists): a JWT's member row in the organization
+ * (role and permissions) and its `exp`; an API key's row (revoked, expired, rotation grace over, permissions).
+ */
+type AccessCheck = () => Promise<string | undefined>;
+
+function streamAccessCheck(db: Kysely<unknown>, request: FastifyRequest, auth: AuthContext): AccessCheck {
+  if (auth.method === "jwt") {
+    // The plugin verified this token's signature and `exp` for this request; only its `exp` is read again.
+    const token = presentedBearerToken(request.headers, request.raw.rawHeaders);
+    let expiresAtMs = Number.POSITIVE_INFINITY;
+    if (token !== undefined) {
+      try {
+        const { exp } = decodeJwt(token);
+        if (typeof exp === "number") expiresAtMs = exp * 1000;
+      } catch {
+        expiresAtMs = 0;
+      }
+    }
+    return async () => {
+      if (Date.now() >= expiresAtMs) return "the token expired";
+      const member = await findMember(db, auth.organizationId, auth.userId);
+      if (member === undefined) return "no longer a member of the organization";
+      if (!mayReadAuditLog({ ...auth, role: member.role, memberPermissions: member.permissions })) {
+        return "no longer holds read:audit_logs";
+      }
+      return undefined;
+    };
+  }
+  const lookup = databaseKeyLookup(db);
+  return async () => {
+    const result = await lookup("", auth.keyHash);
+    if (!result.valid) return `the API key is ${result.code.toLowerCase().replace("_", " ")}`;
+    const row = result.key.row;
+    if (row.organization_id !== auth.organizationId || row.key_id !== auth.key.key_id) return "the API key changed";
+    if (!mayReadAuditLog({ ...auth, key: row })) return "the API key no longer holds read:audit_logs";
+    return undefined;
+  };
 }
 
 function wantsEventStream(request: FastifyRequest): boolean {
@@ -66,16 +118,20 @@ export default async function apiKeyEventRoutes(app: FastifyInstance, options: A
         throw new ApiError(403, "Insufficient permissions: reading audit logs needs the owner role or read:audit_logs");
       }
       const query = request.query as { after?: string; limit?: string };
+      // An EventSource reconnects to the same URL (its `after` included) and says where it got to in
+      // `Last-Event-ID`: that wins, or every reconnection would replay the events since `after`.
       const lastEventId = request.headers["last-event-id"];
       const given =
-        query.after ?? (wantsEventStream(request) && typeof lastEventId === "string" ? lastEventId : undefined);
+        wantsEventStream(request) && typeof lastEventId === "string" && lastEventId !== "" ? lastEventId : query.after;
       const after = given === undefined ? "0" : decodeCursor(given);
       if (after === undefined) throw new ApiError(400, "after must be a cursor returned by this API");
       const limit = query.limit === undefined ? DEFAULT_EVENTS_PAGE : Number(query.limit);
       if (limit < 1 || limit > MAX_EVENTS_PAGE)
         throw new ApiError(400, `limit must be between 1 and ${MAX_EVENTS_PAGE}`);
 
-      if (wantsEventStream(request)) return streamEvents(request, reply, auth.organizationId, after);
+      if (wantsEventStream(request)) {
+        return streamEvents(request, reply, auth.organizationId, after, streamAccessCheck(options.db, request, auth));
+      }
 
       const rows = await listOrganizationEvents(options.db, {
         organizationId: auth.organizationId,
@@ -91,7 +147,13 @@ export default async function apiKeyEventRoutes(app: FastifyInstance, options: A
     },
   );
 
-  async function streamEvents(request: FastifyRequest, reply: FastifyReply, organizationId: string, from: string) {
+  async function streamEvents(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    organizationId: string,
+    from: string,
+    stillAllowed: AccessCheck,
+  ) {
     reply.hijack();
     const res: ServerResponse = reply.raw;
     res.writeHead(200, {
@@ -117,10 +179,22 @@ export default async function apiKeyEventRoutes(app: FastifyInstance, options: A
       if (!res.write(chunk) && !closed) await Promise.race([once(res, "drain"), once(res, "close")]);
     };
     let cursor = from;
+    const recheckMs = options.accessRecheckMs ?? ACCESS_RECHECK_MS;
+    let checkedAt = Date.now();
     try {
       await write("retry: 2000\n\n");
       while (!closed) {
         const page = await listOrganizationEvents(options.db, { organizationId, after: cursor, limit: STREAM_PAGE });
+        // The credential is checked again before each batch it is sent and every few seconds while idle: a
+        // revoked key, a member who lost read:audit_logs or an expired token ends the stream, with nothing more sent.
+        if (page.length > 0 || Date.now() - checkedAt >= recheckMs) {
+          const lost = await stillAllowed();
+          checkedAt = Date.now();
+          if (lost !== undefined) {
+            request.log.info({ reason: lost }, "audit event stream ended: the caller lost access");
+            break;
+          }
+        }
         for (const item of page) {
           if (closed) break;
           await write(`id: ${item.cursor}\ndata: ${JSON.stringify(item)}\n\n`);

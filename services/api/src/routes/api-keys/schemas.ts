@@ -1,4 +1,4 @@
-import { MAX_GRACE_PERIOD_SECONDS, PERMISSIONS, type Permission } from "@keyledger/domain";
+import { MAX_GRACE_PERIOD_SECONDS, PERMISSIONS, type Permission, parseIsoDateTime } from "@keyledger/domain";
 import { type Static, Type } from "@sinclair/typebox";
 
 const nullableDateTime = (description: string) =>
@@ -82,31 +82,14 @@ const URL_LIKE = /\b(?:[a-z][a-z0-9+.-]*:\/\/|www\.)\S|javascript:|data:|mailto:
 /** `/api/api-keys/current` is the presented key's own route: a key of that name could not be read or rotated by name. */
 const RESERVED_NAMES = new Set(["current"]);
 
-const ISO_DATE_TIME =
-  /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:Z|[+-](\d{2}):?(\d{2}))?)?$/;
 /** The last instant Postgres and `Date.prototype.toISOString` both write as a plain ISO 8601 date-time. */
 const LATEST_EXPIRY = Date.parse("9999-12-31T23:59:59.999Z");
 
-/** Whether the date and time fields name a real instant: no 30 February, no hour 24, no offset of 25 hours. */
-function hasValidFields(fields: RegExpExecArray): boolean {
-  const [, year, month, day, hour, minute, second, offsetHours, offsetMinutes] = fields.map(Number);
-  const daysInMonth = new Date(Date.UTC(year as number, month as number, 0)).getUTCDate();
-  return (
-    (month as number) >= 1 &&
-    (month as number) <= 12 &&
-    (day as number) >= 1 &&
-    (day as number) <= daysInMonth &&
-    (fields[4] === undefined || ((hour as number) <= 23 && (minute as number) <= 59)) &&
-    (fields[6] === undefined || (second as number) <= 59) &&
-    (fields[7] === undefined || ((offsetHours as number) <= 23 && (offsetMinutes as number) <= 59))
-  );
-}
-
 /** A future expiry from an ISO 8601 string (a real date, at most year 9999), or the message explaining why not. */
 function parseExpiresAt(value: unknown, now: Date): Date | string {
-  const fields = typeof value === "string" ? ISO_DATE_TIME.exec(value) : null;
-  const parsed = fields !== null && hasValidFields(fields) ? new Date(value as string) : null;
-  if (parsed === null || Number.isNaN(parsed.getTime())) return "expiresAt must be a Date instance";
+  // A date-time without a zone is the host's local time (`new Date`'s reading), as it always was here.
+  const parsed = typeof value === "string" ? parseIsoDateTime(value) : undefined;
+  if (parsed === undefined) return "expiresAt must be a Date instance";
   if (parsed.getTime() <= now.getTime()) return "expiresAt must be a date in the future";
   if (parsed.getTime() > LATEST_EXPIRY) return "expiresAt must not be later than 9999-12-31T23:59:59.999Z";
   return parsed;
