@@ -38,6 +38,12 @@ export type EventRelayOptions = {
   minBatchIntervalMs?: number;
   /** How often a standby relay tries to take the lock (default 1 s). */
   lockRetryMs?: number;
+  /**
+   * How long an active relay stays active while its NATS link is down (default 3 s): then it ends its session, so
+   * the lock goes to a replica that reaches NATS (the verifiers' caches wait for its heartbeats), and it takes the
+   * lock again only once its link is back. Only with `databaseUrl` (the embedded database has one relay).
+   */
+  handOverAfterMs?: number;
   /** Wait after a failed publish or database error before trying again (default 500 ms). */
   retryDelayMs?: number;
   publishTimeoutMs?: number;
@@ -84,6 +90,14 @@ export type RelayStats = {
   /** Heartbeats published (the log was published up to a read of its end). */
   heartbeats: number;
 };
+
+/** The relay's NATS link stayed down: it ends its session so that a replica that reaches NATS takes the lock. */
+class HandOver extends Error {
+  constructor(downForMs: number) {
+    super(`NATS unreachable from this replica for ${Math.round(downForMs)} ms: the relay lets another take over`);
+    this.name = "HandOver";
+  }
+}
 
 const ACKNOWLEDGED_BY_FAST_PATH = Promise.resolve("acknowledged by the fast path" as const);
 
@@ -222,9 +236,10 @@ export class EventRelay {
           client.on("notification", () => this.wake());
           await client.query(`LISTEN ${client.escapeIdentifier(this.options.notifyChannel ?? "keyledger_events")}`);
         }
-        await this.publishLoop(sessionDatabase(client), () => broken);
+        await this.publishLoop(sessionDatabase(client), () => broken, this.options.handOverAfterMs ?? 3_000);
       } catch (error) {
-        if (this.running) this.log.warn({ err: error }, "event relay interrupted; retrying");
+        if (error instanceof HandOver) this.log.warn({ reason: error.message }, "event relay handing over");
+        else if (this.running) this.log.warn({ err: error }, "event relay interrupted; retrying");
         await this.pause(retryDelay);
       } finally {
         if (this.active) this.log.info({ checkpoint: this.checkpointName }, "event relay inactive");
@@ -239,6 +254,12 @@ export class EventRelay {
     while (this.running) {
       const err = broken();
       if (err) throw err;
+      if (!this.options.link.connected) {
+        // A relay that cannot publish does not take the lock from one that could.
+        await this.pause(retry);
+        this.wakeRequested = false;
+        continue;
+      }
       this.stats.lockAttempts += 1;
       const result = await client.query<{ locked: boolean }>(
         "SELECT pg_try_advisory_lock($1, hashtext($2)) AS locked",
@@ -256,20 +277,28 @@ export class EventRelay {
     return false;
   }
 
-  private async publishLoop(db: Kysely<unknown>, broken: () => Error | undefined): Promise<void> {
+  private async publishLoop(
+    db: Kysely<unknown>,
+    broken: () => Error | undefined,
+    handOverAfterMs = Number.POSITIVE_INFINITY,
+  ): Promise<void> {
     const { link } = this.options;
     let checkpoint = await loadCheckpoint(db, this.checkpointName);
     this.current = checkpoint;
     let streamReady = false;
+    let downSince: number | undefined;
     while (this.running) {
       const err = broken();
       if (err) throw err;
       if (!link.connected) {
+        downSince ??= performance.now();
+        if (performance.now() - downSince >= handOverAfterMs) throw new HandOver(performance.now() - downSince);
         streamReady = false;
         await this.pause(this.options.pollIntervalMs ?? 500);
         this.wakeRequested = false;
         continue;
       }
+      downSince = undefined;
       if (!streamReady) {
         const nc = link.connection;
         if (!nc) continue;

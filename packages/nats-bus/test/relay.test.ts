@@ -15,6 +15,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { uniqueId } from "../../../test/support/api-harness";
 import { type OwnNatsServer, readStreamEvents, startNatsServer, testEventStream } from "../../../test/support/nats";
+import { TcpProxy } from "../../../test/support/tcp-proxy";
 import { PgNotificationListener } from "../../projections/src/index";
 import {
   EventPublisher,
@@ -388,6 +389,43 @@ describe("event relay", () => {
     expect(await eventIdsInStream(more)).toEqual(await eventIdsInLog(more));
     expect(await eventIdsInStream(org)).toEqual(await eventIdsInLog(org));
     await second.stop();
+  });
+
+  it("an active relay cut off from NATS hands the lock to a standby that reaches it, and does not take it back meanwhile", async () => {
+    const checkpointName = await checkpointAtHead(db);
+    const proxy = new TcpProxy("127.0.0.1", Number(new URL(stream.natsUrl).port || 4222));
+    const proxiedLink = new NatsLink({
+      servers: `nats://127.0.0.1:${await proxy.start()}`,
+      name: "relay-test-proxied",
+    });
+    await proxiedLink.whenConnected();
+    const options = { databaseUrl: databaseUrl(), ...stream, checkpointName, pollIntervalMs: 50, lockRetryMs: 100 };
+    const cutOff = new EventRelay({ ...options, link: proxiedLink, handOverAfterMs: 500 });
+    const standby = new EventRelay({ ...options, link });
+    try {
+      cutOff.start();
+      await until(() => cutOff.isActive, "the proxied relay to take the lock");
+      standby.start();
+      await until(() => standby.stats.lockAttempts >= 1, "the standby to try");
+      proxy.cut();
+      await until(() => standby.isActive, "the standby to take over");
+      expect(cutOff.isActive).toBe(false);
+      const org = uniqueId("org");
+      await appendKeys(org, 2);
+      await until(async () => (await eventIdsInStream(org)).length >= 2, "the new active relay to publish");
+      expect(await eventIdsInStream(org)).toEqual(await eventIdsInLog(org));
+      // Its link back, the relay that handed over waits as a standby.
+      proxy.restore();
+      await proxiedLink.whenConnected();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(standby.isActive).toBe(true);
+      expect(cutOff.isActive).toBe(false);
+    } finally {
+      await cutOff.stop();
+      await standby.stop();
+      await proxiedLink.close();
+      await proxy.close();
+    }
   });
 
   it("a standby asks for the lock once per lockRetryMs, however often it is woken", async () => {
