@@ -92,6 +92,19 @@ describe("POST /api/api-keys validation (400, nothing written)", () => {
     expect(((await leapDay.json()) as { expiresAt: string }).expiresAt).toBe("2032-02-29T00:00:00.000Z");
   });
 
+  it("expiresAt without a zone is UTC, whatever the server's time zone", async () => {
+    const zone = process.env.TZ;
+    process.env.TZ = "America/New_York"; // the API runs in this process
+    try {
+      const res = await post({ name: "zoneless", permissions: [], expiresAt: "2031-01-01T10:00" });
+      expect(res.status).toBe(201);
+      expect(((await res.json()) as { expiresAt: string }).expiresAt).toBe("2031-01-01T10:00:00.000Z");
+    } finally {
+      if (zone === undefined) delete process.env.TZ;
+      else process.env.TZ = zone;
+    }
+  });
+
   it("expiresAt after year 9999 (also by its offset) → 400; the last millisecond of 9999 → 201", async () => {
     for (const expiresAt of ["9999-12-31T23:59:59-01:00", "9999-12-31T23:30:00-00:45"]) {
       await expectRejected({ name: "k", permissions: [], expiresAt }, [

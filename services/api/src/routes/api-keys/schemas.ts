@@ -87,8 +87,9 @@ const LATEST_EXPIRY = Date.parse("9999-12-31T23:59:59.999Z");
 
 /** A future expiry from an ISO 8601 string (a real date, at most year 9999), or the message explaining why not. */
 function parseExpiresAt(value: unknown, now: Date): Date | string {
-  // A date-time without a zone is the host's local time (`new Date`'s reading), as it always was here.
-  const parsed = typeof value === "string" ? parseIsoDateTime(value) : undefined;
+  // A date-time without a zone is UTC, whatever the host's time zone (as a date alone is): the same request means
+  // the same instant on every replica. (`new Date` would read it in the host's zone.)
+  const parsed = typeof value === "string" ? parseIsoDateTime(value, { zoneless: "utc" }) : undefined;
   if (parsed === undefined) return "expiresAt must be a Date instance";
   if (parsed.getTime() <= now.getTime()) return "expiresAt must be a date in the future";
   if (parsed.getTime() > LATEST_EXPIRY) return "expiresAt must not be later than 9999-12-31T23:59:59.999Z";
