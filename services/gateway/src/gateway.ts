@@ -466,29 +466,6 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     }
   };
 
-  /** `decide` after a lookup at the API, outside the request handler: nothing it throws may go unhandled. */
-  const decideLater = (
-    req: IncomingMessage,
-    res: ServerResponse,
-    url: string,
-    inbound: Inbound,
-    result: VerifyResult<VerifiedKey>,
-  ) => {
-    try {
-      decide(req, res, url, inbound, result);
-    } catch (error) {
-      crashed(req, res, url, error);
-    }
-  };
-
-  const failedLater = (req: IncomingMessage, res: ServerResponse, url: string, error: unknown) => {
-    try {
-      failed(req, res, url, error);
-    } catch (thrown) {
-      crashed(req, res, url, thrown);
-    }
-  };
-
   /** RFC 9112 3.2: an HTTP/1.1 request without Host is answered 400 (node's own answer would have no body). */
   const missingHost = (req: IncomingMessage, res: ServerResponse, url: string) => {
     req.resume();
@@ -521,10 +498,14 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       decide(req, res, url, inbound, cached);
       return;
     }
-    verifier.verify(inbound.bearer, { clientIp: req.socket.remoteAddress }).then(
-      (result) => decideLater(req, res, url, inbound, result),
-      (error: unknown) => failedLater(req, res, url, error),
-    );
+    // After a lookup, outside the request handler: nothing `decide` or `failed` throws may go unhandled.
+    verifier
+      .verify(inbound.bearer, { clientIp: req.socket.remoteAddress })
+      .then(
+        (result) => decide(req, res, url, inbound, result),
+        (error: unknown) => failed(req, res, url, error),
+      )
+      .catch((error: unknown) => crashed(req, res, url, error));
   };
 
   // Node's check for the Host header answers 400 without a body: the gateway checks it itself (`missingHost`).
