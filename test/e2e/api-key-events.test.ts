@@ -16,6 +16,35 @@ type AuditItem = {
 };
 type Page = { items: AuditItem[]; nextCursor: string; hasMore: boolean };
 
+/** Collects the items of an event stream's `data:` lines until it ends (the server ends it, or the fetch aborts). */
+function collectEventStream(res: Response): { received: AuditItem[]; ended: Promise<void>; isEnded(): boolean } {
+  const received: AuditItem[] = [];
+  let isEnded = false;
+  const ended = (async () => {
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        buffer += decoder.decode(value, { stream: true });
+        for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = block.split("\n").find((line) => line.startsWith("data: "));
+          if (data) received.push(JSON.parse(data.slice(6)) as AuditItem);
+        }
+      }
+    } catch {
+      // aborted
+    } finally {
+      isEnded = true;
+    }
+  })();
+  return { received, ended, isEnded: () => isEnded };
+}
+
 describe("GET /api/api-key-events (the organization's audit log)", () => {
   let api: RunningApi;
   let listener: PgNotificationListener;
@@ -176,27 +205,7 @@ describe("GET /api/api-key-events (the organization's audit log)", () => {
     });
     expect(res.status).toBe(200);
     expect(res.headers.get("content-type")).toMatch(/^text\/event-stream/);
-    const received: AuditItem[] = [];
-    const reading = (async () => {
-      const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-      const decoder = new TextDecoder();
-      let buffer = "";
-      try {
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) return;
-          buffer += decoder.decode(value, { stream: true });
-          for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
-            const block = buffer.slice(0, end);
-            buffer = buffer.slice(end + 2);
-            const data = block.split("\n").find((line) => line.startsWith("data: "));
-            if (data) received.push(JSON.parse(data.slice(6)) as AuditItem);
-          }
-        }
-      } catch {
-        // aborted
-      }
-    })();
+    const { received, ended: reading } = collectEventStream(res);
 
     await createKey(other, owner, "not-yours", []);
     await createKey(org, owner, "streamed", ["write:sandboxes"]);
@@ -240,31 +249,7 @@ describe("GET /api/api-key-events as an event stream: access is checked while it
       signal: controller.signal,
     });
     expect(res.status).toBe(200);
-    const received: AuditItem[] = [];
-    let ended = false;
-    const reading = (async () => {
-      const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-      const decoder = new TextDecoder();
-      let buffer = "";
-      try {
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) return;
-          buffer += decoder.decode(value, { stream: true });
-          for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
-            const block = buffer.slice(0, end);
-            buffer = buffer.slice(end + 2);
-            const data = block.split("\n").find((line) => line.startsWith("data: "));
-            if (data) received.push(JSON.parse(data.slice(6)) as AuditItem);
-          }
-        }
-      } catch {
-        // aborted
-      } finally {
-        ended = true;
-      }
-    })();
-    return { received, ended: reading, isEnded: () => ended, abort: () => controller.abort() };
+    return { ...collectEventStream(res), abort: () => controller.abort() };
   };
   const createKey = async (userId: string, name: string, permissions: string[]) => {
     const res = await fetch(`${api.baseUrl}/api/api-keys`, {
