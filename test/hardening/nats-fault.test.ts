@@ -1,10 +1,8 @@
-import type { AddressInfo } from "node:net";
-import { buildGateway, type Gateway } from "@keyledger/gateway";
-import { createVerifier, type Verifier } from "@keyledger/verifier";
-import Fastify, { type FastifyInstance } from "fastify";
+import type { Verifier } from "@keyledger/verifier";
 import { sql } from "kysely";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { RunningApi } from "../support/api-harness";
+import { type GatewayStack, startGatewayStack } from "../support/gateway-stack";
 import { type OwnNatsServer, readStreamEvents, startNatsServer, testEventStream } from "../support/nats";
 
 async function until<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 30_000): Promise<T> {
@@ -25,71 +23,28 @@ async function until<T>(probe: () => Promise<T | undefined>, what: string, timeo
 describe("NATS faults", () => {
   let nats: OwnNatsServer;
   let stream: ReturnType<typeof testEventStream>;
+  let stack: GatewayStack;
   let api: RunningApi;
-  let upstream: FastifyInstance;
   let verifier: Verifier;
-  let gateway: Gateway;
   let gatewayUrl: string;
-  const org = uniqueId("nats-fault-org");
-  const owner = uniqueId("nats-fault-owner");
-  let headers: Record<string, string>;
+  let org: string;
+  let create: GatewayStack["create"];
+  let revoke: GatewayStack["revoke"];
+  let viaGateway: GatewayStack["viaGateway"];
 
   beforeAll(async () => {
     nats = await startNatsServer();
     stream = testEventStream(nats.url);
-    api = await startApi({
-      keyUsedThrottleMs: 0,
-      nats: {
-        url: nats.url,
-        streamName: stream.streamName,
-        subjectPrefix: stream.subjectPrefix,
-        relay: { databaseUrl: inject("databaseUrl") },
-      },
-    });
-    upstream = Fastify();
-    upstream.all("/*", async () => ({ upstream: "reached" }));
-    await upstream.listen({ port: 0, host: "127.0.0.1" });
-    verifier = createVerifier({
-      apiUrl: api.baseUrl,
-      natsUrl: nats.url,
-      subjectPrefix: stream.subjectPrefix,
-      cache: { maxEntries: 1000, ttlMs: 600_000 }, // only an event (or losing NATS) makes it forget a key
-    });
-    gateway = await buildGateway({
-      upstreamUrl: `http://127.0.0.1:${(upstream.server.address() as AddressInfo).port}`,
-      verifier,
-    });
-    await gateway.listen({ port: 0, host: "127.0.0.1" });
-    gatewayUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
+    stack = await startGatewayStack(stream, { name: "nats-fault" });
+    ({ api, verifier, gatewayUrl, org, create, revoke, viaGateway } = stack);
     await until(async () => ((await fetch(`${gatewayUrl}/health/ready`)).status === 200 ? true : undefined), "ready");
-    await api.setMember(org, owner, "owner");
-    headers = { ...(await api.jwtHeaders(owner, org)), "content-type": "application/json" };
   });
   afterAll(async () => {
-    await gateway?.close();
-    await verifier?.close();
-    await upstream?.close();
-    await api?.close();
+    await stack?.close();
     await nats?.start().catch(() => {});
     await stream?.cleanup();
     await nats?.close();
   });
-
-  const create = async (name: string) => {
-    const res = await fetch(`${api.baseUrl}/api/api-keys`, {
-      method: "POST",
-      headers,
-      body: JSON.stringify({ name, permissions: [] }),
-    });
-    expect(res.status, await res.clone().text()).toBe(201);
-    return ((await res.json()) as { value: string }).value;
-  };
-  const revoke = async (name: string) => {
-    const res = await fetch(`${api.baseUrl}/api/api-keys/${name}`, { method: "DELETE", headers });
-    expect(res.status).toBe(204);
-  };
-  const viaGateway = (value: string) =>
-    fetch(`${gatewayUrl}/sandbox/1`, { headers: { authorization: `Bearer ${value}` } }).then((r) => r.status);
 
   async function eventIdsInLog(): Promise<string[]> {
     const { rows } = await sql<{ event_id: string }>`

@@ -1,9 +1,6 @@
-import type { AddressInfo } from "node:net";
-import { buildGateway, type Gateway } from "@keyledger/gateway";
-import { createVerifier, type Verifier } from "@keyledger/verifier";
-import Fastify, { type FastifyInstance } from "fastify";
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vitest";
-import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
+import type { Verifier } from "@keyledger/verifier";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { type GatewayStack, startGatewayStack } from "../support/gateway-stack";
 import { type OwnNatsServer, startNatsServer, testEventStream } from "../support/nats";
 import { TcpProxy } from "../support/tcp-proxy";
 
@@ -20,47 +17,24 @@ describe("partial NATS faults", () => {
   let nats: OwnNatsServer;
   let apiSide: TcpProxy;
   let stream: ReturnType<typeof testEventStream>;
-  let api: RunningApi;
-  let upstream: FastifyInstance;
+  let stack: GatewayStack;
   let verifier: Verifier;
-  let gateway: Gateway;
-  let gatewayUrl: string;
-  const org = uniqueId("partial-fault-org");
-  const owner = uniqueId("partial-fault-owner");
-  let headers: Record<string, string>;
+  let create: GatewayStack["create"];
+  let revoke: GatewayStack["revoke"];
+  let viaGateway: GatewayStack["viaGateway"];
 
   beforeAll(async () => {
     nats = await startNatsServer();
     apiSide = new TcpProxy("127.0.0.1", nats.port);
     const apiSidePort = await apiSide.start();
     stream = testEventStream(nats.url);
-    api = await startApi({
+    stack = await startGatewayStack(stream, {
+      name: "partial-fault",
+      apiNatsUrl: `nats://127.0.0.1:${apiSidePort}`,
       keyUsedThrottleMs: 3_600_000,
-      nats: {
-        url: `nats://127.0.0.1:${apiSidePort}`,
-        streamName: stream.streamName,
-        subjectPrefix: stream.subjectPrefix,
-        relay: { databaseUrl: inject("databaseUrl") },
-      },
     });
-    upstream = Fastify();
-    upstream.all("/*", async () => ({ upstream: "reached" }));
-    await upstream.listen({ port: 0, host: "127.0.0.1" });
-    verifier = createVerifier({
-      apiUrl: api.baseUrl,
-      natsUrl: nats.url,
-      subjectPrefix: stream.subjectPrefix,
-      cache: { maxEntries: 1000, ttlMs: 600_000 },
-    });
-    gateway = await buildGateway({
-      upstreamUrl: `http://127.0.0.1:${(upstream.server.address() as AddressInfo).port}`,
-      verifier,
-    });
-    await gateway.listen({ port: 0, host: "127.0.0.1" });
-    gatewayUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
+    ({ verifier, create, revoke, viaGateway } = stack);
     expect(await verifier.whenSubscribed()).toBe(true);
-    await api.setMember(org, owner, "owner");
-    headers = { ...(await api.jwtHeaders(owner, org)), "content-type": "application/json" };
   });
   afterEach(async () => {
     nats.resume();
@@ -77,26 +51,11 @@ describe("partial NATS faults", () => {
     console.log(`cache on for good ${onSince - restoredAt} ms after the fault ended`);
   });
   afterAll(async () => {
-    await gateway?.close();
-    await verifier?.close();
-    await upstream?.close();
-    await api?.close();
+    await stack?.close();
     await apiSide?.close();
     await stream?.cleanup();
     await nats?.close();
   });
-
-  const create = async (name: string) => {
-    const res = await fetch(`${api.baseUrl}/api/api-keys`, {
-      method: "POST",
-      headers,
-      body: JSON.stringify({ name, permissions: [] }),
-    });
-    expect(res.status, await res.clone().text()).toBe(201);
-    return ((await res.json()) as { value: string }).value;
-  };
-  const viaGateway = (value: string) =>
-    fetch(`${gatewayUrl}/sandbox/1`, { headers: { authorization: `Bearer ${value}` } }).then((r) => r.status);
 
   /** A key the gateway holds as valid in its cache (the second request is a cache hit). */
   async function cachedAtGateway(name: string): Promise<string> {
@@ -113,8 +72,7 @@ describe("partial NATS faults", () => {
 
   /** Revokes `name`, then the time until the gateway refuses `value` (it must within the deadline). */
   async function refusedWithin(name: string, value: string): Promise<number> {
-    const res = await fetch(`${api.baseUrl}/api/api-keys/${name}`, { method: "DELETE", headers });
-    expect(res.status).toBe(204);
+    await revoke(name);
     const revokedAt = Date.now();
     for (;;) {
       const status = await viaGateway(value);
