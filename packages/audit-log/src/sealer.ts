@@ -49,27 +49,6 @@ export type SealResult = {
   blocked: { position: string; reason: string } | null;
 };
 
-/**
- * Thrown by `sealPending` the first time (per database handle) it finds the chain blocked by an event it cannot
- * hash, after sealing the events before it; later calls return `blocked` instead, so a caller that logs its
- * errors (the projector) logs the position and the reason once, not on every pass.
- */
-export class SealingBlockedError extends Error {
-  constructor(
-    readonly position: string,
-    readonly reason: string,
-  ) {
-    super(
-      `the hash chain stops before position ${position}, which cannot be hashed (${reason}): no event after it is ` +
-        "sealed until the event is repaired (docs/projections.md)",
-    );
-    this.name = "SealingBlockedError";
-  }
-}
-
-/** The blocking position each database handle has already reported (thrown) to its caller. */
-const reportedBlocks = new WeakMap<object, string>();
-
 const SEALER_LOCK = sql`hashtextextended('keyledger.sealer', 0)`;
 
 /**
@@ -78,8 +57,7 @@ const SEALER_LOCK = sql`hashtextextended('keyledger.sealer', 0)`;
  * for it: it runs after their commit. Each batch stores its seals — which are also the sealer's checkpoint — in
  * one transaction, under an advisory lock so that one process at a time extends the chain. An event it cannot hash
  * (`UnhashableEventError`) stops the chain before it: the events before it are sealed, nothing after it is, and
- * the first call that finds it throws `SealingBlockedError` (position and reason) while later ones return
- * `blocked`.
+ * the result says where and why (`blocked`) until the event is repaired.
  */
 export async function sealPending(
   db: Kysely<unknown>,
@@ -153,14 +131,9 @@ export async function sealPending(
     if (batch === null) return { sealed, head: await loadChainHead(db), busy: true, heldBack: false, blocked: null };
     sealed += batch.count;
     if (batch.blocked !== null) {
-      if (reportedBlocks.get(db) !== batch.blocked.position) {
-        reportedBlocks.set(db, batch.blocked.position);
-        throw new SealingBlockedError(batch.blocked.position, batch.blocked.reason);
-      }
       // Not heldBack: nothing will unblock it soon, the caller's usual wake-ups and polls are enough.
       return { sealed, head: batch.head, busy: false, heldBack: false, blocked: batch.blocked };
     }
-    reportedBlocks.delete(db);
     if (batch.count < batchSize) {
       // Committed events past the head were held back by an older transaction (or have just been released by
       // it, after the batch read): either way, look again soon.

@@ -68,6 +68,8 @@ export class Projector {
   private unsubscribe: (() => void) | undefined;
   private failures = 0;
   private markedCurrentAt = 0;
+  /** The position of the event the hash chain is blocked at, as last logged. */
+  private reportedBlock: string | undefined;
 
   constructor(private readonly options: ProjectorOptions) {
     this.log = options.log ?? silent;
@@ -101,6 +103,16 @@ export class Projector {
       const sealing = await sealPending(this.options.db, { batchSize: this.options.sealBatchSize });
       pass.sealed = sealing.sealed;
       pass.heldBack = sealing.heldBack;
+      // Logged once per blocking event, not on every pass while it stays.
+      if (sealing.blocked?.position !== this.reportedBlock) {
+        this.reportedBlock = sealing.blocked?.position;
+        if (sealing.blocked !== null) {
+          this.log.error(
+            sealing.blocked,
+            "the hash chain stops before an event that cannot be hashed: nothing after it is sealed until it is repaired (docs/projections.md)",
+          );
+        }
+      }
     }
     // Inline projections' checkpoints move when this process sealed something (the log grew), or once per poll
     // interval: several projectors need not all update the same rows after every commit.
