@@ -200,6 +200,28 @@ describe("the hash chain over the log", () => {
     expect(gap.unsealed).toBe(1);
   });
 
+  it("names the position of a seal moved to another organization (the auditors' API scopes by it)", async () => {
+    await sealAll(db);
+    const log = await positions(db);
+    const target = log[Math.floor(log.length / 2)]?.position as string;
+    const sealed = await sql<{ organization_id: string }>`
+      SELECT organization_id FROM event_seals WHERE global_position = ${target}::bigint`.execute(db);
+    const organization = sealed.rows[0]?.organization_id as string;
+    const elsewhere = organization === "org-x" ? "org-y" : "org-x";
+    // The hash does not cover the seal's organization: the chain still hashes, but the event would now be served
+    // to the other organization's auditors and hidden from its own.
+    await sql`UPDATE event_seals SET organization_id = ${elsewhere} WHERE global_position = ${target}::bigint`.execute(
+      db,
+    );
+    const result = await verifyLog(db);
+    expect(result.ok).toBe(false);
+    expect(result.problem).toMatchObject({ position: target, kind: "organization-mismatch" });
+    expect(result.problem?.message).toContain(
+      `sealed as organization "${elsewhere}" but the event is of "${organization}"`,
+    );
+    expect((await verifyLog(db, { fromPosition: target })).problem).toMatchObject({ kind: "organization-mismatch" });
+  });
+
   it("names the position of a sealed event edited to hold a number no hash can cover", async () => {
     await sealAll(db);
     const log = await positions(db);

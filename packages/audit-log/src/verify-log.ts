@@ -3,6 +3,7 @@ import {
   canonicalEvent,
   chainHash,
   GENESIS_HASH,
+  organizationOf,
   SEALABLE_COLUMNS,
   type SealableRow,
   toSealableEvent,
@@ -17,7 +18,8 @@ export type LogProblemKind =
   | "unsealed-in-chain"
   | "stream-gap"
   | "stream-order"
-  | "unhashable";
+  | "unhashable"
+  | "organization-mismatch";
 
 /** The first place where the log does not match its chain or its streams. */
 export type LogProblem = { position: string; kind: LogProblemKind; message: string };
@@ -40,7 +42,13 @@ export class UnsealedStartError extends Error {
   }
 }
 
-type SealRow = { chain_index: string; global_position: string; transaction_id: string; hash: string };
+type SealRow = {
+  chain_index: string;
+  global_position: string;
+  transaction_id: string;
+  organization_id: string;
+  hash: string;
+};
 type Cursor = { transactionId: string; globalPosition: string };
 
 const before = (a: Cursor, b: Cursor) => {
@@ -74,7 +82,7 @@ export async function verifyLog(
       if (options.fromPosition !== undefined) {
         const seal = await sql<SealRow>`
           SELECT chain_index::text AS chain_index, global_position::text AS global_position,
-                 transaction_id::text AS transaction_id, hash
+                 transaction_id::text AS transaction_id, organization_id, hash
             FROM event_seals WHERE global_position = ${options.fromPosition}::bigint`.execute(trx);
         const row = seal.rows[0];
         if (!row) throw new UnsealedStartError(options.fromPosition);
@@ -109,7 +117,7 @@ export async function verifyLog(
       chain: for (;;) {
         const seals = await sql<SealRow>`
           SELECT chain_index::text AS chain_index, global_position::text AS global_position,
-                 transaction_id::text AS transaction_id, hash
+                 transaction_id::text AS transaction_id, organization_id, hash
             FROM event_seals s WHERE s.chain_index > ${lastIndex}::bigint ORDER BY s.chain_index LIMIT ${pageSize}`.execute(
           trx,
         );
@@ -130,9 +138,10 @@ export async function verifyLog(
             };
             break chain;
           }
+          const sealable = toSealableEvent(event);
           let hash: string;
           try {
-            hash = chainHash(previousHash, toSealableEvent(event));
+            hash = chainHash(previousHash, sealable);
           } catch (error) {
             if (!(error instanceof UnhashableEventError)) throw error;
             chainProblem = {
@@ -149,6 +158,18 @@ export async function verifyLog(
               position: seal.global_position,
               kind: "hash-mismatch",
               message: `position ${seal.global_position} (chain index ${seal.chain_index}) does not hash to its seal: the event was changed`,
+            };
+            break chain;
+          }
+          // The seal's organization is not hashed, but it is what the auditors' event API scopes by: a changed one
+          // would serve the event to another organization's auditors and hide it from its own.
+          const organization = organizationOf(sealable);
+          if (organization !== seal.organization_id) {
+            chainProblem = {
+              at,
+              position: seal.global_position,
+              kind: "organization-mismatch",
+              message: `position ${seal.global_position} (chain index ${seal.chain_index}) is sealed as organization ${JSON.stringify(seal.organization_id)} but the event is of ${JSON.stringify(organization)}: the seal was changed`,
             };
             break chain;
           }
