@@ -2,6 +2,7 @@ import {
   canonicalEvent,
   chainHash,
   GENESIS_HASH,
+  listOrganizationEvents,
   type SealableEvent,
   sealPending,
   verifyLog,
@@ -220,6 +221,12 @@ describe("the hash chain over the log", () => {
       `sealed as organization "${elsewhere}" but the event is of "${organization}"`,
     );
     expect((await verifyLog(db, { fromPosition: target })).problem).toMatchObject({ kind: "organization-mismatch" });
+    // Meanwhile the auditors' event reader gives the event to neither organization's auditors.
+    for (const organizationId of [organization, elsewhere]) {
+      const served = await listOrganizationEvents(db, { organizationId, after: "0", limit: 10_000 });
+      expect(served.length).toBeGreaterThan(0);
+      expect(served.map((e) => e.position)).not.toContain(target);
+    }
   });
 
   it("names the position of a sealed event edited to hold a number no hash can cover", async () => {

@@ -57,7 +57,11 @@ type Row = {
   occurred_at: Date;
 };
 
-/** An organization's sealed events after chain index `after`, oldest first. */
+/**
+ * An organization's sealed events after chain index `after`, oldest first. Scoped by the seal's organization (the
+ * index) and, as `organizationOf`, by the event's own: the hash does not cover the seal's, so a seal changed in the
+ * database must not hand the event to another organization (`verify-log` reports it as organization-mismatch).
+ */
 export async function listOrganizationEvents(
   db: Kysely<unknown>,
   options: { organizationId: string; after: string; limit: number },
@@ -68,6 +72,9 @@ export async function listOrganizationEvents(
            e.occurred_at
       FROM event_seals s JOIN events e ON e.global_position = s.global_position
      WHERE s.organization_id = ${options.organizationId} AND s.chain_index > ${options.after}::bigint
+       AND CASE WHEN jsonb_typeof(e.data -> 'organizationId') = 'string' THEN e.data ->> 'organizationId'
+                WHEN jsonb_typeof(e.metadata -> 'organizationId') = 'string' THEN e.metadata ->> 'organizationId'
+                ELSE '' END = ${options.organizationId}
      ORDER BY s.chain_index
      LIMIT ${options.limit}`.execute(db);
   return result.rows.map((row) => ({
