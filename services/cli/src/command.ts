@@ -12,17 +12,36 @@ export class UsageError extends Error {
   override name = "UsageError";
 }
 
-/** Parses `--flag value` and `--flag=value` pairs; `--flag` alone is "true". */
-export function parseFlags(args: string[], known: readonly string[]): Record<string, string> {
+/**
+ * Parses a command's options: each of `valueFlags` as `--flag value` or `--flag=value` (everything after the first
+ * `=`), each of `switches` as `--flag` alone, which reads as "true". Anything else — an unknown option, a value
+ * flag without its value, a switch given a value, an option given twice, a stray argument — is a `UsageError`.
+ */
+export function parseFlags(
+  args: string[],
+  valueFlags: readonly string[],
+  switches: readonly string[] = [],
+): Record<string, string> {
   const flags: Record<string, string> = {};
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] as string;
     if (!arg.startsWith("--")) throw new UsageError(`unexpected argument "${arg}"`);
-    const [rawName, inline] = arg.slice(2).split("=", 2) as [string, string | undefined];
-    if (!known.includes(rawName)) throw new UsageError(`unknown option --${rawName}`);
-    if (inline !== undefined) flags[rawName] = inline;
-    else if (i + 1 < args.length && !(args[i + 1] as string).startsWith("--")) flags[rawName] = args[++i] as string;
-    else flags[rawName] = "true";
+    const equals = arg.indexOf("=");
+    const name = equals < 0 ? arg.slice(2) : arg.slice(2, equals);
+    const inline = equals < 0 ? undefined : arg.slice(equals + 1);
+    if (Object.hasOwn(flags, name)) {
+      throw new UsageError(`--${name} is given more than once`);
+    }
+    if (switches.includes(name)) {
+      if (inline !== undefined) throw new UsageError(`--${name} takes no value`);
+      flags[name] = "true";
+    } else if (valueFlags.includes(name)) {
+      if (inline !== undefined) flags[name] = inline;
+      else if (i + 1 < args.length && !(args[i + 1] as string).startsWith("--")) flags[name] = args[++i] as string;
+      else throw new UsageError(`--${name} needs a value`);
+    } else {
+      throw new UsageError(`unknown option --${name}`);
+    }
   }
   return flags;
 }

@@ -197,6 +197,49 @@ describe("pnpm keyledger rebuild, verify-log, audit, events tail", () => {
     }
   });
 
+  it("reads options strictly: a switch takes no value, a value keeps every '=', nothing is given twice", async () => {
+    const refused = async (argv: string[], message: string) => {
+      const result = await keyledger(argv, env);
+      expect(result.code, argv.join(" ")).toBe(2);
+      expect(result.stderr).toBe(`keyledger ${argv[0]}: ${message}\n`);
+      expect(result.stdout).toBe("");
+    };
+    // A switch followed by a word used to take it as its value and print text instead of JSON, exit 0.
+    await refused(["verify-log", "--json", "extra"], 'unexpected argument "extra"');
+    await refused(["audit", "--org", org, "--json", "yes"], 'unexpected argument "yes"');
+    await refused(["verify-log", "--json=false"], "--json takes no value");
+    await refused(["events", "tail", "--from-start=no"], "--from-start takes no value");
+    await refused(["audit", "--org", org, "--org", "noise-a"], "--org is given more than once");
+    await refused(["audit", "--org"], "--org needs a value");
+    await refused(["audit", "--org", "--json"], "--org needs a value");
+    await refused(["audit", "--org="], "--org is required");
+
+    // Organization ids are the caller's: one with '=' in it, or one named "true", is audited as given.
+    const commands = new KeyCommands(db);
+    for (const organizationId of ["team=blue", "true"]) {
+      await commands.changeMember(
+        {
+          type: "ChangeMemberAccess",
+          data: {
+            organizationId,
+            userId: "dana",
+            role: "owner",
+            permissions: [],
+            now: new Date("2024-01-01T00:00:00Z"),
+          },
+        },
+        at("2024-01-01T00:00:00Z", organizationId),
+      );
+      for (const argv of [["--org", organizationId], [`--org=${organizationId}`]]) {
+        const result = await keyledger(["audit", ...argv, "--json"], env);
+        expect(result.code, result.stderr).toBe(0);
+        const report = JSON.parse(result.stdout) as OrganizationAsOf;
+        expect(report.organizationId).toBe(organizationId);
+        expect(report.members).toEqual([{ userId: "dana", role: "owner", permissions: [] }]);
+      }
+    }
+  });
+
   it("rebuild leaves the read model as it was", async () => {
     const live = await readModelRows(db);
     const result = await keyledger(["rebuild", "--projection", "api_keys"], env);

@@ -60,7 +60,7 @@ export const auditCommand: CliCommand = {
   usage: "keyledger audit --org <id> [--as-of <ISO time (UTC unless it has an offset), default now>] [--json]",
   examples: ["pnpm keyledger audit --org acme --as-of 2025-06-30T23:59:59Z", "pnpm keyledger audit --org acme --json"],
   async run(args, env) {
-    const flags = parseFlags(args, ["org", "as-of", "json"]);
+    const flags = parseFlags(args, ["org", "as-of"], ["json"]);
     const organizationId = requiredFlag(flags, "org");
     let asOf = new Date();
     if (flags["as-of"] !== undefined) {

@@ -137,8 +137,8 @@ export const eventsCommand: CliCommand = {
   async run(args, env) {
     const [subcommand, ...rest] = args;
     if (subcommand !== "tail") throw new UsageError(`unknown subcommand "${subcommand ?? ""}" (usage: events tail)`);
-    const flags = parseFlags(rest, ["org", "from-start", "json"]);
-    if (flags.org === "true" || flags.org === "") throw new UsageError("--org needs an organization id");
+    const flags = parseFlags(rest, ["org"], ["from-start", "json"]);
+    if (flags.org === "") throw new UsageError("--org needs an organization id");
     const db = await openMigratedStore(env, 2);
     const listener = env.DATABASE_URL ? new PgNotificationListener({ connectionString: env.DATABASE_URL }) : undefined;
     const stop = new AbortController();

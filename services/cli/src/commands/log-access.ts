@@ -49,7 +49,7 @@ function errorText(error: unknown): string {
 
 export function requiredFlag(flags: Record<string, string>, name: string): string {
   const value = flags[name];
-  if (value === undefined || value === "true" || value === "") throw new UsageError(`--${name} is required`);
+  if (value === undefined || value === "") throw new UsageError(`--${name} is required`);
   return value;
 }
 

@@ -8,7 +8,7 @@ export const verifyLogCommand: CliCommand = {
   usage: "keyledger verify-log [--from <position>] [--json]",
   examples: ["pnpm keyledger verify-log", "pnpm keyledger verify-log --from 120000 --json"],
   async run(args, env) {
-    const flags = parseFlags(args, ["from", "json"]);
+    const flags = parseFlags(args, ["from"], ["json"]);
     const fromPosition = positionFlag(flags, "from");
     const db = await openMigratedStore(env, 1);
     try {
