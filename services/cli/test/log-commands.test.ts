@@ -332,6 +332,13 @@ describe("pnpm keyledger rebuild, verify-log, audit, events tail", () => {
     expect(JSON.parse(json.stdout)).toMatchObject({ ok: false, problem: { position, kind: "hash-mismatch" } });
 
     expect((await keyledger(["verify-log", "--from", "abc"], env)).code).toBe(2);
+    for (const from of ["9999999999999999999", "9223372036854775808", "0", "-5"]) {
+      const outOfRange = await keyledger(["verify-log", "--from", from], env);
+      expect(outOfRange.code, from).toBe(2);
+      expect(outOfRange.stderr).toBe(
+        "keyledger verify-log: --from must be a log position (a positive integer up to 9223372036854775807)\n",
+      );
+    }
     const unsealed = await keyledger(["verify-log", "--from", "999999999"], env);
     expect(unsealed.code).toBe(2);
     expect(unsealed.stderr).toMatch(/position 999999999 is not sealed/);

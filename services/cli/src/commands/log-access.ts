@@ -53,9 +53,14 @@ export function requiredFlag(flags: Record<string, string>, name: string): strin
   return value;
 }
 
+const MAX_POSITION = 9_223_372_036_854_775_807n;
+
 export function positionFlag(flags: Record<string, string>, name: string): string | undefined {
   const value = flags[name];
   if (value === undefined) return undefined;
-  if (!/^[1-9]\d{0,18}$/.test(value)) throw new UsageError(`--${name} must be a log position (a positive integer)`);
+  // Positions are Postgres bigints: a 19-digit number past 2^63 - 1 is no position, not a database error.
+  if (!/^[1-9]\d{0,18}$/.test(value) || BigInt(value) > MAX_POSITION) {
+    throw new UsageError(`--${name} must be a log position (a positive integer up to ${MAX_POSITION})`);
+  }
   return value;
 }
