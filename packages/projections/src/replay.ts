@@ -112,3 +112,15 @@ export async function replayOrganizationAsOf(
       .sort((a, b) => a.userId.localeCompare(b.userId)),
   };
 }
+
+/**
+ * Whether the log holds any event of the organization, at any time (the organization as `replayOrganizationAsOf`
+ * reads it: the data's `organizationId`, else the metadata's). Reads the whole log when it holds none.
+ */
+export async function organizationHasEvents(db: Kysely<unknown>, organizationId: string): Promise<boolean> {
+  const result = await sql<{ found: boolean }>`
+    SELECT EXISTS (
+      SELECT 1 FROM events
+       WHERE coalesce(data->>'organizationId', metadata->>'organizationId') = ${organizationId}) AS found`.execute(db);
+  return result.rows[0]?.found === true;
+}

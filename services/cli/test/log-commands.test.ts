@@ -157,6 +157,15 @@ describe("pnpm keyledger rebuild, verify-log, audit, events tail", () => {
       /\n {2}deploy +bob +member +read:volumes +2024-01-02T00:00:00.000Z +2024-03-01T00:00:00.000Z +valid +yes\n/,
     );
     expect((await keyledger(["audit", "--org", org, "--as-of", "yesterday"], env)).code).toBe(2);
+    // An organization the log has never heard of (a mistyped id) is an error, not an empty report.
+    for (const json of [[], ["--json"]]) {
+      const unknown = await keyledger(["audit", "--org", "audited-orgg", ...json], env);
+      expect(unknown.code).toBe(1);
+      expect(unknown.stderr).toBe(
+        'keyledger audit: the log has no events of organization "audited-orgg": check the id\n',
+      );
+      expect(unknown.stdout).toBe("");
+    }
     expect((await keyledger(["audit", "--as-of", "2024-01-01"], env)).code).toBe(2);
   });
 

@@ -1,5 +1,5 @@
 import { parseIsoDateTime } from "@keyledger/domain";
-import { type OrganizationAsOf, replayOrganizationAsOf } from "@keyledger/projections";
+import { type OrganizationAsOf, organizationHasEvents, replayOrganizationAsOf } from "@keyledger/projections";
 import { type CliCommand, parseFlags, UsageError } from "../command";
 import { openMigratedStore, requiredFlag } from "./log-access";
 
@@ -72,6 +72,11 @@ export const auditCommand: CliCommand = {
     const db = await openMigratedStore(env, 1);
     try {
       const report = await replayOrganizationAsOf(db, { organizationId, asOf });
+      // Nothing replayed is an organization that had nothing yet, or one the log has never heard of: a mistyped id
+      // must not read as "no keys, no members".
+      if (report.eventsReplayed === 0 && !(await organizationHasEvents(db, organizationId))) {
+        throw new Error(`the log has no events of organization ${JSON.stringify(organizationId)}: check the id`);
+      }
       process.stdout.write(flags.json === "true" ? `${JSON.stringify(report, null, 2)}\n` : formatAudit(report));
       return 0;
     } finally {
