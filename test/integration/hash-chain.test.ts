@@ -201,6 +201,20 @@ describe("the hash chain over the log", () => {
     expect(gap.unsealed).toBe(1);
   });
 
+  it("names the position of an event whose seal was deleted, and the missing chain index", async () => {
+    await sealAll(db);
+    const log = await positions(db);
+    const target = log[Math.floor(log.length / 2)]?.position as string;
+    const removed = await sql<{ chain_index: string }>`
+      DELETE FROM event_seals WHERE global_position = ${target}::bigint
+      RETURNING chain_index::text AS chain_index`.execute(db);
+    const index = removed.rows[0]?.chain_index as string;
+    const result = await verifyLog(db);
+    expect(result.ok).toBe(false);
+    expect(result.problem).toMatchObject({ position: target, kind: "missing-seal" });
+    expect(result.problem?.message).toContain(`chain index ${index} is missing`);
+  });
+
   it("names the position of a seal moved to another organization (the auditors' API scopes by it)", async () => {
     await sealAll(db);
     const log = await positions(db);

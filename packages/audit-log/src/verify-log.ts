@@ -19,7 +19,8 @@ export type LogProblemKind =
   | "stream-gap"
   | "stream-order"
   | "unhashable"
-  | "organization-mismatch";
+  | "organization-mismatch"
+  | "missing-seal";
 
 /** The first place where the log does not match its chain or its streams. */
 export type LogProblem = { position: string; kind: LogProblemKind; message: string };
@@ -125,6 +126,19 @@ export async function verifyLog(
         for (const seal of seals.rows) {
           const at = { transactionId: seal.transaction_id, globalPosition: seal.global_position };
           const event = await peekEvent();
+          const expectedIndex = (BigInt(lastIndex) + 1n).toString();
+          if (seal.chain_index !== expectedIndex) {
+            // The sealer numbers seals 1, 2, 3... with no gap: one is gone (with its event, or leaving the event
+            // unsealed where the chain says it was sealed), which would otherwise read as an inserted event.
+            const position = event?.global_position ?? seal.global_position;
+            chainProblem = {
+              at: event ? { transactionId: event.transaction_id, globalPosition: event.global_position } : at,
+              position,
+              kind: "missing-seal",
+              message: `chain index ${expectedIndex} is missing (the seals go from ${lastIndex} to ${seal.chain_index}) where the log now has position ${position}: a seal was deleted`,
+            };
+            break chain;
+          }
           if (event?.global_position !== seal.global_position) {
             chainProblem = await diagnose(trx, seal, event);
             break chain;
