@@ -173,6 +173,20 @@ describe("GET /api/api-key-events (the organization's audit log)", () => {
       expect(body).toMatchObject({ statusCode: 400, error: "Bad Request" });
       expect(body.path.startsWith("/api/api-key-events")).toBe(true);
     }
+    // A stream's bad Last-Event-ID is named as such (it wins over a good `after`), before the stream opens.
+    const everything = await sealed(1);
+    const res = await get(`?after=${everything[0]?.cursor}`, {
+      ...ownerHeaders,
+      accept: "text/event-stream",
+      "last-event-id": "not-a-cursor",
+    });
+    expect(res.status).toBe(400);
+    expect(res.headers.get("content-type")).toMatch(/^application\/json/);
+    expect(await res.json()).toMatchObject({
+      statusCode: 400,
+      error: "Bad Request",
+      message: "Last-Event-ID must be a cursor returned by this API",
+    });
   });
 
   it("lets owners, holders of read:audit_logs (JWT or API key) read, and nobody else", async () => {

@@ -121,10 +121,12 @@ export default async function apiKeyEventRoutes(app: FastifyInstance, options: A
       // An EventSource reconnects to the same URL (its `after` included) and says where it got to in
       // `Last-Event-ID`: that wins, or every reconnection would replay the events since `after`.
       const lastEventId = request.headers["last-event-id"];
-      const given =
-        wantsEventStream(request) && typeof lastEventId === "string" && lastEventId !== "" ? lastEventId : query.after;
+      const resumes = wantsEventStream(request) && typeof lastEventId === "string" && lastEventId !== "";
+      const given = resumes ? lastEventId : query.after;
       const after = given === undefined ? "0" : decodeCursor(given);
-      if (after === undefined) throw new ApiError(400, "after must be a cursor returned by this API");
+      if (after === undefined) {
+        throw new ApiError(400, `${resumes ? "Last-Event-ID" : "after"} must be a cursor returned by this API`);
+      }
       const limit = query.limit === undefined ? DEFAULT_EVENTS_PAGE : Number(query.limit);
       if (limit < 1 || limit > MAX_EVENTS_PAGE)
         throw new ApiError(400, `limit must be between 1 and ${MAX_EVENTS_PAGE}`);
