@@ -197,9 +197,14 @@ type Inbound = {
   bearer: string | undefined;
   /** Whether the client sent a Host header. */
   host: boolean;
-  /** The headers to send upstream (flat name/value list), without the hop-by-hop and identity ones. */
+  /**
+   * The headers to send upstream (flat name/value list), without the hop-by-hop and identity ones, `Authorization`
+   * (the key stays at the gateway) and `X-Forwarded-For` (sent folded into `forwardedFor`).
+   */
   forward: string[];
   hasBody: boolean;
+  /** The client's `X-Forwarded-For` values, comma-joined; the client's own address is appended upstream. */
+  forwardedFor: string | undefined;
 };
 
 function readInbound(rawHeaders: string[]): Inbound {
@@ -207,14 +212,19 @@ function readInbound(rawHeaders: string[]): Inbound {
   let authorization: string | undefined;
   let hasBody = false;
   let connection: string | undefined;
+  let forwardedFor: string | undefined;
   let host = false;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
     const value = rawHeaders[i + 1] as string;
     const lower = name.toLowerCase();
     if (lower === "authorization") {
-      // Two Authorization headers: ambiguous, treated as none.
+      // Two Authorization headers: ambiguous, treated as none. Never forwarded: upstream gets the identity headers.
       authorization = authorization === undefined ? value : "";
+      continue;
+    } else if (lower === "x-forwarded-for") {
+      forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
+      continue;
     } else if (lower === "content-length") {
       if (value !== "0") hasBody = true;
     } else if (HOP_BY_HOP.has(lower)) {
@@ -234,12 +244,13 @@ function readInbound(rawHeaders: string[]): Inbound {
     if (tokens !== undefined) {
       for (let i = forward.length - 2; i >= 0; i -= 2) {
         const lower = (forward[i] as string).toLowerCase();
-        if (tokens.has(lower) && lower !== "authorization") forward.splice(i, 2);
+        if (tokens.has(lower)) forward.splice(i, 2);
       }
+      if (tokens.has("x-forwarded-for")) forwardedFor = undefined;
     }
   }
   const bearer = authorization === undefined ? undefined : BEARER.exec(authorization)?.[1];
-  return { bearer, host, forward, hasBody };
+  return { bearer, host, forward, hasBody, forwardedFor };
 }
 
 /**
@@ -396,6 +407,12 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   const forward = (req: IncomingMessage, res: ServerResponse, url: string, inbound: Inbound, key: VerifiedKey) => {
     const headers = inbound.forward;
     pushIdentityHeaders(headers, key);
+    // As nginx's `$proxy_add_x_forwarded_for`: the client's list, then the address the gateway saw.
+    const clientIp = req.socket.remoteAddress;
+    if (clientIp !== undefined) {
+      const forwardedFor = inbound.forwardedFor;
+      headers.push("x-forwarded-for", forwardedFor === undefined ? clientIp : `${forwardedFor}, ${clientIp}`);
+    } else if (inbound.forwardedFor !== undefined) headers.push("x-forwarded-for", inbound.forwardedFor);
     (pool as Pool).dispatch(
       {
         path: url,

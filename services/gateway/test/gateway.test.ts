@@ -375,6 +375,25 @@ describe("gateway: hostile identities, headers, URLs and requests", () => {
     }
   });
 
+  it("keeps the client's key at the gateway and appends the client's address to X-Forwarded-For", async () => {
+    const proxy = await start({ upstreamUrl: upstream.url, verifier: fakeVerifier() });
+    const echoed = async (headers: Record<string, string | string[]>) => {
+      const res = await send(`${proxy}/x`, { headers: { authorization: `Bearer ${GOOD}`, ...headers } as never });
+      expect(res.status).toBe(201);
+      return (JSON.parse(res.body.toString()) as Echo).headers;
+    };
+    const plain = await echoed({});
+    expect(plain.authorization).toBeUndefined();
+    expect(plain["x-forwarded-for"]).toBe("127.0.0.1");
+    // Naming Authorization in Connection changes nothing; the client's list is kept, folded, and the address added.
+    const listed = await echoed({ connection: "authorization", "x-forwarded-for": ["10.0.0.1, 10.0.0.2", "10.0.0.3"] });
+    expect(listed.authorization).toBeUndefined();
+    expect(listed["x-forwarded-for"]).toBe("10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1");
+    // A client naming X-Forwarded-For in Connection drops its own list, not the gateway's entry.
+    const dropped = await echoed({ connection: "x-forwarded-for", "x-forwarded-for": "6.6.6.6" });
+    expect(dropped["x-forwarded-for"]).toBe("127.0.0.1");
+  });
+
   it("drops client headers spelling X-Keyledger-* with underscores", async () => {
     const proxy = await start({ upstreamUrl: upstream.url, verifier: fakeVerifier() });
     const res = await send(`${proxy}/x`, {
