@@ -97,9 +97,13 @@ const BEARER = /^Bearer\s+(\S+)\s*$/i;
 
 const silentLog: GatewayLogger = { warn() {}, debug() {} };
 
-/** Hop-by-hop headers (RFC 9110 7.6.1), never forwarded in either direction; `host` is set for upstream. */
+/**
+ * Hop-by-hop headers (RFC 9110 7.6.1), never forwarded in either direction; `host` is set for upstream. `expect` too:
+ * the gateway answers `Expect: 100-continue` itself, as nginx does (undici refuses to send it).
+ */
 const HOP_BY_HOP = new Set([
   "connection",
+  "expect",
   "keep-alive",
   "proxy-connection",
   "proxy-authenticate",
@@ -205,6 +209,8 @@ type Inbound = {
   hasBody: boolean;
   /** The client's `X-Forwarded-For` values, comma-joined; the client's own address is appended upstream. */
   forwardedFor: string | undefined;
+  /** The client sent `Expect` (node passes on only `100-continue`): it waits for 100 Continue to send its body. */
+  expectsContinue: boolean;
 };
 
 function readInbound(rawHeaders: string[]): Inbound {
@@ -213,6 +219,7 @@ function readInbound(rawHeaders: string[]): Inbound {
   let hasBody = false;
   let connection: string | undefined;
   let forwardedFor: string | undefined;
+  let expectsContinue = false;
   let host = false;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
@@ -230,6 +237,7 @@ function readInbound(rawHeaders: string[]): Inbound {
     } else if (HOP_BY_HOP.has(lower)) {
       if (lower === "transfer-encoding") hasBody = true;
       else if (lower === "connection") connection = value;
+      else if (lower === "expect") expectsContinue = true;
       continue;
     } else if (lower === "host") {
       host = true;
@@ -250,7 +258,7 @@ function readInbound(rawHeaders: string[]): Inbound {
     }
   }
   const bearer = authorization === undefined ? undefined : BEARER.exec(authorization)?.[1];
-  return { bearer, host, forward, hasBody, forwardedFor };
+  return { bearer, host, forward, hasBody, forwardedFor, expectsContinue };
 }
 
 /**
@@ -413,6 +421,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const forwardedFor = inbound.forwardedFor;
       headers.push("x-forwarded-for", forwardedFor === undefined ? clientIp : `${forwardedFor}, ${clientIp}`);
     } else if (inbound.forwardedFor !== undefined) headers.push("x-forwarded-for", inbound.forwardedFor);
+    // The client waits for this before sending its body; only now that the key is good (see `checkContinue`).
+    if (inbound.expectsContinue && req.httpVersionMinor === 1 && req.httpVersionMajor === 1) res.writeContinue();
     (pool as Pool).dispatch(
       {
         path: url,
@@ -525,14 +535,22 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       .catch((error: unknown) => crashed(req, res, url, error));
   };
 
-  // Node's check for the Host header answers 400 without a body: the gateway checks it itself (`missingHost`).
-  const server = createServer({ requireHostHeader: false }, (req, res) => {
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     const url = req.url ?? "/";
     try {
       handle(req, res, url);
     } catch (error) {
       crashed(req, res, url, error);
     }
+  };
+  // Node's check for the Host header answers 400 without a body: the gateway checks it itself (`missingHost`).
+  const server = createServer({ requireHostHeader: false }, onRequest);
+  // `Expect: 100-continue`: node would send 100 Continue at once, inviting the body of a request about to be refused.
+  // The gateway sends it only when forwarding; any other answer leaves the body unsent and unread, so the
+  // connection is closed after it (its next bytes could be that body, or the next request).
+  server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => {
+    res.shouldKeepAlive = false;
+    onRequest(req, res);
   });
   server.on("clientError", onClientError);
   // As fastify's defaults: clients' connections outlive a typical load balancer's idle timeout.

@@ -128,6 +128,19 @@ function rawExchange(url: string, raw: string): Promise<{ head: string; body: st
   });
 }
 
+/** The content of a chunked body as read off the wire (the echo upstream answers chunked). */
+function dechunk(wire: string): string {
+  let content = "";
+  let at = 0;
+  for (;;) {
+    const lineEnd = wire.indexOf("\r\n", at);
+    const size = Number.parseInt(wire.slice(at, lineEnd), 16);
+    if (!(size > 0)) return content;
+    content += wire.slice(lineEnd + 2, lineEnd + 2 + size);
+    at = lineEnd + 2 + size + 2;
+  }
+}
+
 /** A pino logger (as main.ts builds it) writing to memory; `text()` is everything logged so far. */
 function capturedLog() {
   const lines: string[] = [];
@@ -392,6 +405,44 @@ describe("gateway: hostile identities, headers, URLs and requests", () => {
     // A client naming X-Forwarded-For in Connection drops its own list, not the gateway's entry.
     const dropped = await echoed({ connection: "x-forwarded-for", "x-forwarded-for": "6.6.6.6" });
     expect(dropped["x-forwarded-for"]).toBe("127.0.0.1");
+  });
+
+  it("answers Expect: 100-continue itself: 100 Continue only for a good key, then the body goes upstream", async () => {
+    const url = await start({ upstreamUrl: upstream.url, verifier: fakeVerifier() });
+    const { hostname, port } = new URL(url);
+    const upload = (authorization: string) =>
+      new Promise<{ text: string; continued: boolean }>((resolve, reject) => {
+        const socket = connect(Number(port), hostname);
+        const chunks: Buffer[] = [];
+        let continued = false;
+        socket.on("data", (chunk: Buffer) => {
+          chunks.push(chunk);
+          // The body follows 100 Continue, as curl sends it.
+          if (!continued && Buffer.concat(chunks).toString().startsWith("HTTP/1.1 100 Continue\r\n\r\n")) {
+            continued = true;
+            socket.write("hello");
+          }
+        });
+        socket.on("error", reject);
+        socket.on("close", () => resolve({ text: Buffer.concat(chunks).toString(), continued }));
+        socket.setTimeout(10_000, () => socket.destroy(new Error("no answer in 10 s")));
+        socket.write(
+          `POST /upload HTTP/1.1\r\nHost: a\r\nAuthorization: ${authorization}\r\nExpect: 100-continue\r\n` +
+            "Content-Length: 5\r\n\r\n",
+        );
+      });
+    const good = await upload(`Bearer ${GOOD}`);
+    expect(good.continued).toBe(true);
+    const answer = good.text.slice("HTTP/1.1 100 Continue\r\n\r\n".length);
+    expect(answer.split("\r\n")[0]).toBe("HTTP/1.1 201 Created");
+    const echo = JSON.parse(dechunk(answer.slice(answer.indexOf("\r\n\r\n") + 4))) as Echo;
+    expect(echo).toMatchObject({ method: "POST", url: "/upload", body: "hello" });
+    expect(echo.headers.expect).toBeUndefined();
+    // A bad key is refused before the body is invited, and the connection closed (its body was never read).
+    const bad = await upload("Bearer nope");
+    expect(bad.continued).toBe(false);
+    expect(bad.text.split("\r\n")[0]).toBe("HTTP/1.1 401 Unauthorized");
+    expect(bad.text.toLowerCase()).toContain("connection: close");
   });
 
   it("drops client headers spelling X-Keyledger-* with underscores", async () => {
