@@ -9,6 +9,8 @@ export type GatewayConfig = {
   /** Upstream connections kept open, and requests pipelined on each (1: none). */
   upstreamConnections: number;
   upstreamPipelining: number;
+  /** Longest wait for upstream's answer headers, and between two reads of its body. */
+  upstreamTimeoutMs: number;
   /** The keyledger API, asked on cache misses (`GET /api/api-keys/current`). */
   apiUrl: string;
   /** Without NATS nothing is cached: every request is checked with the API. */
@@ -74,6 +76,7 @@ export function parseGatewayConfig(env: Env): GatewayConfig {
     upstreamUrl: mode === "proxy" ? httpUrl(env, "UPSTREAM_URL") : undefined,
     upstreamConnections: integer(env, "UPSTREAM_CONNECTIONS", 128, 1, 65_536),
     upstreamPipelining: integer(env, "UPSTREAM_PIPELINING", 1, 1, 100),
+    upstreamTimeoutMs: integer(env, "UPSTREAM_TIMEOUT_MS", 60_000, 100, 3_600_000),
     apiUrl: httpUrl(env, "API_URL"),
     natsUrl: env.NATS_URL || undefined,
     subjectPrefix,

@@ -27,6 +27,11 @@ export type GatewayOptions = {
   upstreamConnections?: number;
   /** Requests sent on one upstream connection before the first answer (HTTP/1.1 pipelining, default 1: none). */
   upstreamPipelining?: number;
+  /**
+   * Longest wait for upstream's answer headers, and between two reads of its body (default 60 s, as nginx's
+   * `proxy_read_timeout`): a 504 before any of the answer, a cut connection after.
+   */
+  upstreamTimeoutMs?: number;
 };
 
 export interface Gateway {
@@ -360,7 +365,10 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
     }
     this.log.warn({ err: error, path: redactSecrets(this.path) }, "upstream request failed");
     this.req.resume();
-    sendError(this.res, this.path, 502, "Upstream unavailable");
+    const code = (error as Error & { code?: string }).code;
+    if (code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_CONNECT_TIMEOUT") {
+      sendError(this.res, this.path, 504, "Upstream timed out");
+    } else sendError(this.res, this.path, 502, "Upstream unavailable");
   }
 }
 
@@ -383,6 +391,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       connections: options.upstreamConnections ?? 128,
       pipelining,
       keepAliveTimeout: 30_000,
+      headersTimeout: options.upstreamTimeoutMs ?? 60_000,
+      bodyTimeout: options.upstreamTimeoutMs ?? 60_000,
       // With pipelining, requests queued on one connection in the same turn share a socket write.
       connect:
         pipelining > 1

@@ -34,6 +34,7 @@ async function main() {
     upstreamUrl: config.upstreamUrl,
     upstreamConnections: config.upstreamConnections,
     upstreamPipelining: config.upstreamPipelining,
+    upstreamTimeoutMs: config.upstreamTimeoutMs,
     verifier,
     log,
   });

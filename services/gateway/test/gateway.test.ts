@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, request, type Server, STATUS_CODES } from "node:http";
-import { type AddressInfo, connect } from "node:net";
+import { type AddressInfo, connect, createServer as createTcpServer, type Socket } from "node:net";
 import { Writable } from "node:stream";
 import type { VerifiedKey, Verifier, VerifyResult } from "@keyledger/verifier";
 import pino from "pino";
@@ -445,6 +445,50 @@ describe("gateway: hostile identities, headers, URLs and requests", () => {
     expect(bad.text.toLowerCase()).toContain("connection: close");
   });
 
+  it("answers 504 when upstream does not answer in time, cuts an answer that stalls, and goes on serving", async () => {
+    // `/hang`: never answered; `/stall`: headers and part of the body, then nothing; anything else: 200 "ok".
+    const sockets = new Set<Socket>();
+    const slow = createTcpServer((socket) => {
+      sockets.add(socket);
+      socket.on("close", () => sockets.delete(socket));
+      socket.on("data", (data: Buffer) => {
+        const target = data.toString("latin1").split(" ")[1] ?? "";
+        if (target.startsWith("/hang")) return;
+        if (target.startsWith("/stall")) return void socket.write("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+        socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+      });
+    });
+    await new Promise<void>((resolve) => slow.listen(0, "127.0.0.1", resolve));
+    const { log, text } = capturedLog();
+    const url = await start({
+      upstreamUrl: `http://127.0.0.1:${(slow.address() as AddressInfo).port}`,
+      verifier: fakeVerifier(),
+      upstreamTimeoutMs: 300,
+      log,
+    });
+    try {
+      const started = Date.now();
+      const hung = await send(`${url}/hang?x=1`, { headers: { authorization: `Bearer ${GOOD}` } });
+      expect(hung.status).toBe(504);
+      expect(Date.now() - started).toBeLessThan(5_000);
+      expect(JSON.parse(hung.body.toString())).toMatchObject({
+        path: "/hang?x=1",
+        statusCode: 504,
+        error: "Gateway Timeout",
+        message: "Upstream timed out",
+      });
+      await expect(send(`${url}/stall`, { headers: { authorization: `Bearer ${GOOD}` } })).rejects.toThrow();
+      const ok = await send(`${url}/ok`, { headers: { authorization: `Bearer ${GOOD}` } });
+      expect(ok.status).toBe(200);
+      expect(ok.body.toString()).toBe("ok");
+      expect(text()).toContain("upstream request failed");
+      expect(text()).not.toContain(GOOD);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => slow.close(resolve));
+    }
+  });
+
   it("drops client headers spelling X-Keyledger-* with underscores", async () => {
     const proxy = await start({ upstreamUrl: upstream.url, verifier: fakeVerifier() });
     const res = await send(`${proxy}/x`, {
@@ -548,6 +592,10 @@ describe("gateway configuration", () => {
       upstreamUrl: "http://up:80",
       upstreamConnections: 128,
       upstreamPipelining: 1,
+      upstreamTimeoutMs: 60_000,
+    });
+    expect(parseGatewayConfig({ ...base, UPSTREAM_URL: "http://up:80", UPSTREAM_TIMEOUT_MS: "5000" })).toMatchObject({
+      upstreamTimeoutMs: 5_000,
     });
     expect(parseGatewayConfig({ ...base, GATEWAY_MODE: "forward-auth" })).toMatchObject({
       mode: "forward-auth",
