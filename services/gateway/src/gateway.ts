@@ -100,6 +100,8 @@ export const GATEWAY_LOG_REDACTIONS = ["req.headers.authorization", "headers.aut
 
 const BEARER = /^Bearer\s+(\S+)\s*$/i;
 
+const WEBSOCKET = /websocket/i;
+
 const silentLog: GatewayLogger = { warn() {}, debug() {} };
 
 /**
@@ -166,13 +168,27 @@ function onClientError(error: Error & { code?: string }, socket: Socket): void {
           : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
             ? 408
             : 400;
-    const body = errorBody("", status, status === 400 ? "Malformed HTTP request" : (STATUS_CODES[status] ?? "Error"));
-    socket.write(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
-        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-    );
+    const message = status === 400 ? "Malformed HTTP request" : (STATUS_CODES[status] ?? "Error");
+    writeErrorAndClose(socket, "", status, message);
   }
   socket.destroy();
+}
+
+/** The error body and `Connection: close` straight on a socket node's HTTP server has handed over. */
+function writeErrorAndClose(socket: Socket, path: string, status: number, message: string): void {
+  const body = errorBody(path, status, message);
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+/** CONNECT (a tunnel): neither mode opens one. Node would close the connection without an answer. */
+function refuseConnect(req: IncomingMessage, socket: Socket): void {
+  socket.on("error", () => {});
+  writeErrorAndClose(socket, req.url ?? "", 501, "CONNECT is not supported");
+  // Whatever the client sends next is not read; the answer is written, then the connection closed.
+  socket.destroySoon();
 }
 
 /** Whether the client's raw headers have a Host header. */
@@ -216,6 +232,8 @@ type Inbound = {
   forwardedFor: string | undefined;
   /** The client sent `Expect` (node passes on only `100-continue`): it waits for 100 Continue to send its body. */
   expectsContinue: boolean;
+  /** The client's `Upgrade` header (never forwarded). */
+  upgrade: string | undefined;
 };
 
 function readInbound(rawHeaders: string[]): Inbound {
@@ -225,6 +243,7 @@ function readInbound(rawHeaders: string[]): Inbound {
   let connection: string | undefined;
   let forwardedFor: string | undefined;
   let expectsContinue = false;
+  let upgrade: string | undefined;
   let host = false;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = rawHeaders[i] as string;
@@ -243,6 +262,7 @@ function readInbound(rawHeaders: string[]): Inbound {
       if (lower === "transfer-encoding") hasBody = true;
       else if (lower === "connection") connection = value;
       else if (lower === "expect") expectsContinue = true;
+      else if (lower === "upgrade") upgrade = value;
       continue;
     } else if (lower === "host") {
       host = true;
@@ -263,7 +283,7 @@ function readInbound(rawHeaders: string[]): Inbound {
     }
   }
   const bearer = authorization === undefined ? undefined : BEARER.exec(authorization)?.[1];
-  return { bearer, host, forward, hasBody, forwardedFor, expectsContinue };
+  return { bearer, host, forward, hasBody, forwardedFor, expectsContinue, upgrade };
 }
 
 /**
@@ -423,6 +443,12 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   };
 
   const forward = (req: IncomingMessage, res: ServerResponse, url: string, inbound: Inbound, key: VerifiedKey) => {
+    if (inbound.upgrade !== undefined && WEBSOCKET.test(inbound.upgrade)) {
+      // Sent on without Upgrade, a WebSocket handshake would get some plain answer from upstream: say it here.
+      req.resume();
+      sendError(res, url, 501, "WebSocket is not supported by the gateway");
+      return;
+    }
     const headers = inbound.forward;
     pushIdentityHeaders(headers, key);
     // As nginx's `$proxy_add_x_forwarded_for`: the client's list, then the address the gateway saw.
@@ -563,6 +589,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
     onRequest(req, res);
   });
   server.on("clientError", onClientError);
+  server.on("connect", refuseConnect);
   // As fastify's defaults: clients' connections outlive a typical load balancer's idle timeout.
   server.keepAliveTimeout = 72_000;
 

@@ -489,6 +489,50 @@ describe("gateway: hostile identities, headers, URLs and requests", () => {
     }
   });
 
+  it("refuses CONNECT and WebSocket upgrades with the error body (501); forward-auth answers upgrades as usual", async () => {
+    const proxy = await start({ upstreamUrl: upstream.url, verifier: fakeVerifier() });
+    const forwardAuth = await start({ mode: "forward-auth", verifier: fakeVerifier() });
+    for (const url of [proxy, forwardAuth]) {
+      const { head, body } = await rawExchange(
+        url,
+        `CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nAuthorization: Bearer ${GOOD}\r\n\r\n`,
+      );
+      expect(head.split("\r\n")[0]).toBe("HTTP/1.1 501 Not Implemented");
+      expect(head.toLowerCase()).toContain("connection: close");
+      expect(JSON.parse(body)).toMatchObject({
+        path: "example.com:443",
+        statusCode: 501,
+        error: "Not Implemented",
+        message: "CONNECT is not supported",
+      });
+    }
+    const handshake = (authorization: string) => ({
+      authorization,
+      connection: "Upgrade",
+      upgrade: "websocket",
+      "sec-websocket-version": "13",
+      "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+    });
+    const refused = await send(`${proxy}/socket`, { headers: handshake(`Bearer ${GOOD}`) });
+    expect(refused.status).toBe(501);
+    expect(JSON.parse(refused.body.toString())).toMatchObject({
+      path: "/socket",
+      statusCode: 501,
+      message: "WebSocket is not supported by the gateway",
+    });
+    expect((await send(`${proxy}/socket`, { headers: handshake("Bearer nope") })).status).toBe(401);
+    // Traefik's ForwardAuth sends the handshake's headers along: the answer is the usual one.
+    const allowed = await send(`${forwardAuth}/verify`, { headers: handshake(`Bearer ${GOOD}`) });
+    expect(allowed.status).toBe(200);
+    expect(allowed.headers["x-keyledger-user-id"]).toBe("user-1");
+    // An Upgrade the gateway may ignore (RFC 9110 7.8), as h2c: sent on as a plain request.
+    const h2c = await send(`${proxy}/x`, {
+      headers: { authorization: `Bearer ${GOOD}`, connection: "Upgrade, HTTP2-Settings", upgrade: "h2c" },
+    });
+    expect(h2c.status).toBe(201);
+    expect((JSON.parse(h2c.body.toString()) as Echo).headers.upgrade).toBeUndefined();
+  });
+
   it("drops client headers spelling X-Keyledger-* with underscores", async () => {
     const proxy = await start({ upstreamUrl: upstream.url, verifier: fakeVerifier() });
     const res = await send(`${proxy}/x`, {
