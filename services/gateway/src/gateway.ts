@@ -145,6 +145,9 @@ function sendBody(res: ServerResponse, statusCode: number, body: string, close: 
   const headers = [
     "content-type",
     "application/json; charset=utf-8",
+    // Answers about keys and health: never from a cache (a 501 is cacheable by default, RFC 9110 15.1).
+    "cache-control",
+    "no-store",
     "content-length",
     String(Buffer.byteLength(body)),
   ];
@@ -179,7 +182,7 @@ function writeErrorAndClose(socket: Socket, path: string, status: number, messag
   const body = errorBody(path, status, message);
   socket.end(
     `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
-      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      `Cache-Control: no-store\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );
 }
 
@@ -476,7 +479,8 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   const allow = (res: ServerResponse, key: VerifiedKey) => {
     const headers: string[] = [];
     pushIdentityHeaders(headers, key);
-    headers.push("content-length", "0");
+    // Never kept by a cache in front: a revoked key must be refused at its next request.
+    headers.push("cache-control", "no-store", "content-length", "0");
     res.writeHead(200, headers);
     res.end();
   };

@@ -287,11 +287,14 @@ describe("gateway (proxy and forward-auth modes, fake verifier)", () => {
       "x-keyledger-user-id": "user-1",
       "x-keyledger-organization-id": "org-1",
       "x-keyledger-permissions": "write:sandboxes,read:volumes",
+      // A cache in front must not answer for the key once it is revoked.
+      "cache-control": "no-store",
     });
     const denied = await send(`${forwardAuthUrl}/verify`, {
       headers: { authorization: "Bearer nope", "x-forwarded-uri": "/sandbox/1" },
     });
     expect(denied.status).toBe(401);
+    expect(denied.headers["cache-control"]).toBe("no-store");
     expect(denied.headers["x-keyledger-user-id"]).toBeUndefined();
     expect(JSON.parse(denied.body.toString())).toMatchObject({ path: "/sandbox/1", statusCode: 401 });
     const unavailable = await send(`${failingUrl}/auth`, { headers: { authorization: `Bearer ${GOOD}` } });
@@ -599,6 +602,7 @@ describe("gateway: hostile identities, headers, URLs and requests", () => {
       expect(head.split("\r\n")[0]).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status]}`);
       expect(head.toLowerCase()).toContain("connection: close");
       expect(head.toLowerCase()).toContain("content-type: application/json");
+      expect(head.toLowerCase()).toContain("cache-control: no-store");
       expect(JSON.parse(body)).toMatchObject({ statusCode: status, error: STATUS_CODES[status], message });
       expect(typeof JSON.parse(body).path).toBe("string");
       expect(typeof JSON.parse(body).timestamp).toBe("string");
