@@ -28,8 +28,8 @@ export type GatewayOptions = {
   /** Requests sent on one upstream connection before the first answer (HTTP/1.1 pipelining, default 1: none). */
   upstreamPipelining?: number;
   /**
-   * Longest wait for upstream's answer headers, and between two reads of its body (default 60 s, as nginx's
-   * `proxy_read_timeout`): a 504 before any of the answer, a cut connection after.
+   * Longest wait for upstream's answer headers (from the last request bytes sent), and between two reads of its body
+   * (default 60 s, as nginx's `proxy_read_timeout`): a 504 before any of the answer, a cut connection after.
    */
   upstreamTimeoutMs?: number;
 };
