@@ -28,6 +28,14 @@ export type NatsLinkOptions = {
 
 export type LinkState = "connecting" | "connected" | "disconnected" | "closed";
 
+/**
+ * A server URL as it may be logged: its credentials (`user:password@` or `token@`, which NATS URLs may carry)
+ * replaced by `[redacted]@`.
+ */
+function serverForLog(server: string): string {
+  return server.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)?[^/]*@/, "$1[redacted]@");
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
@@ -120,7 +128,11 @@ export class NatsLink {
         this.setState("connected");
         return nc;
       } catch (error) {
-        if (attempts === 0) this.log.warn({ err: error, servers }, "NATS unreachable; retrying in the background");
+        if (attempts === 0)
+          this.log.warn(
+            { err: error, servers: servers.map(serverForLog) },
+            "NATS unreachable; retrying in the background",
+          );
         attempts += 1;
         await sleep(wait);
       }
