@@ -218,7 +218,7 @@ export function parseApiConfig(env: Record<string, string | undefined>): ApiConf
     publicUrl: url(env, "PUBLIC_URL", false) ?? `http://localhost:${port}`,
     internalApiToken,
     keyUsedThrottleMs: integer(env, "KEY_USED_THROTTLE_MS", 10_000, 0, 86_400_000),
-    logLevel: env.LOG_LEVEL || "info",
+    logLevel: logLevel(env),
     bodyLimitBytes: integer(env, "BODY_LIMIT_BYTES", 16_384, 1024, 10_485_760),
     trustProxy: trustProxy(env.TRUST_PROXY),
     nats: natsConfig(env),
@@ -229,6 +229,17 @@ export function parseApiConfig(env: Record<string, string | undefined>): ApiConf
     projectorInApi: flag(env, "PROJECTOR_IN_API", true),
     corsOrigins: corsOrigins(env.CORS_ORIGINS),
   };
+}
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+/** `LOG_LEVEL`: one of pino's levels (pino itself throws an error naming no variable at the first logger). */
+function logLevel(env: Record<string, string | undefined>): string {
+  const level = env.LOG_LEVEL || "info";
+  if (!LOG_LEVELS.includes(level)) {
+    throw new ConfigError("LOG_LEVEL", `must be one of ${LOG_LEVELS.join(", ")}, got "${level}"`);
+  }
+  return level;
 }
 
 function flag(env: Record<string, string | undefined>, name: string, fallback: boolean): boolean {

@@ -59,6 +59,17 @@ function httpUrl(env: Env, name: string): string {
   return raw;
 }
 
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+/** `LOG_LEVEL`: one of pino's levels (pino itself throws an error naming no variable at the first logger). */
+function logLevel(env: Env): string {
+  const level = env.LOG_LEVEL || "info";
+  if (!LOG_LEVELS.includes(level)) {
+    throw new GatewayConfigError("LOG_LEVEL", `must be one of ${LOG_LEVELS.join(", ")}, got "${level}"`);
+  }
+  return level;
+}
+
 export function parseGatewayConfig(env: Env): GatewayConfig {
   const subjectPrefix = env.NATS_SUBJECT_PREFIX || "keyledger";
   if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(subjectPrefix)) {
@@ -88,6 +99,6 @@ export function parseGatewayConfig(env: Env): GatewayConfig {
     },
     keyUseReportIntervalMs: integer(env, "KEY_USE_REPORT_INTERVAL_MS", 1_000, 0, 3_600_000),
     lookupTimeoutMs: integer(env, "API_LOOKUP_TIMEOUT_MS", 5_000, 100, 60_000),
-    logLevel: env.LOG_LEVEL || "info",
+    logLevel: logLevel(env),
   };
 }

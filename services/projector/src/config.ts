@@ -31,6 +31,17 @@ function integer(env: Record<string, string | undefined>, name: string, fallback
   return value;
 }
 
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+/** `LOG_LEVEL`: one of pino's levels (pino itself throws an error naming no variable at the first logger). */
+function logLevel(env: Record<string, string | undefined>): string {
+  const level = env.LOG_LEVEL || "info";
+  if (!LOG_LEVELS.includes(level)) {
+    throw new ProjectorConfigError("LOG_LEVEL", `must be one of ${LOG_LEVELS.join(", ")}, got "${level}"`);
+  }
+  return level;
+}
+
 export function parseProjectorConfig(env: Record<string, string | undefined>): ProjectorConfig {
   const databaseUrl = env.DATABASE_URL;
   if (!databaseUrl) throw new ProjectorConfigError("DATABASE_URL", "is required");
@@ -44,7 +55,7 @@ export function parseProjectorConfig(env: Record<string, string | undefined>): P
     pollIntervalMs: integer(env, "PROJECTOR_POLL_INTERVAL_MS", 1000, 10, 600_000),
     sealBatchSize: integer(env, "PROJECTOR_SEAL_BATCH_SIZE", 1000, 1, 100_000),
     rebuildBatchSize: integer(env, "PROJECTOR_REBUILD_BATCH_SIZE", 5000, 1, 100_000),
-    logLevel: env.LOG_LEVEL || "info",
+    logLevel: logLevel(env),
     health: { port: integer(env, "PORT", 3002, 0, 65535), host: env.HOST || "0.0.0.0" },
   };
 }

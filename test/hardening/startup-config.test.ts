@@ -1,0 +1,70 @@
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, describe, expect, it } from "vitest";
+
+const ROOT = fileURLToPath(new URL("../..", import.meta.url));
+
+/** Runs a service's real entry point with `env` alone and returns how it ended. */
+function runEntryPoint(
+  entryPoint: string,
+  env: Record<string, string>,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", entryPoint], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? "", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${entryPoint} did not exit within 20 s:\n${stdout}${stderr}`));
+    }, 20_000);
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/**
+ * An invalid setting stops a service before it does anything: exit code 78 and one line on stderr naming the
+ * variable and what it allows (docs/operations.md, Configuration), not a library's error or a stack trace.
+ */
+describe("a service started with an invalid setting", () => {
+  // Nothing may be written or reached should a service start after all: an unreachable database, a fresh directory.
+  const dataDir = mkdtempSync(join(tmpdir(), "keyledger-startup-config-"));
+  afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
+  const api = {
+    entryPoint: "services/api/src/main.ts",
+    env: { PORT: "0", DATABASE_URL: "postgres://127.0.0.1:1/none", KEYLEDGER_DATA_DIR: dataDir },
+  };
+  const gateway = {
+    entryPoint: "services/gateway/src/main.ts",
+    env: { PORT: "0", API_URL: "http://127.0.0.1:1", UPSTREAM_URL: "http://127.0.0.1:1" },
+  };
+  const projector = {
+    entryPoint: "services/projector/src/main.ts",
+    env: { PORT: "0", DATABASE_URL: "postgres://127.0.0.1:1/none" },
+  };
+
+  it.each([
+    ["api", api],
+    ["gateway", gateway],
+    ["projector", projector],
+  ])("%s refuses an unknown LOG_LEVEL in one line, exit code 78", async (_name, service) => {
+    const result = await runEntryPoint(service.entryPoint, { ...service.env, LOG_LEVEL: "verbose" });
+    expect(result.code).toBe(78);
+    expect(result.stdout).toBe("");
+    expect(result.stderr.trim().split("\n")).toHaveLength(1);
+    expect(result.stderr).toMatch(
+      /invalid configuration: LOG_LEVEL: must be one of fatal, .*trace, silent, got "verbose"/,
+    );
+  });
+});
