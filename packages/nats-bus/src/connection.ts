@@ -29,10 +29,35 @@ export type NatsLinkOptions = {
 export type LinkState = "connecting" | "connected" | "disconnected" | "closed";
 
 /**
+ * The first entry of a `NATS_URL`-style server list (comma-separated `nats://host:port`, `tls://`, `ws://`, `wss://`,
+ * or `host:port`) that is not a server address, or undefined when all are. A path, query or fragment is refused: it
+ * is where a mistyped scheme ends up (`nats//host:4222` is the host `nats` with the path `//host:4222`).
+ */
+export function invalidNatsServer(servers: string): string | undefined {
+  for (const server of servers.split(",")) {
+    const entry = server.trim();
+    let parsed: URL;
+    try {
+      parsed = new URL(entry.includes("://") ? entry : `nats://${entry}`);
+    } catch {
+      return entry;
+    }
+    const isAddress =
+      ["nats:", "tls:", "ws:", "wss:"].includes(parsed.protocol) &&
+      parsed.hostname !== "" &&
+      ["", "/"].includes(parsed.pathname) &&
+      parsed.search === "" &&
+      parsed.hash === "";
+    if (!isAddress) return entry;
+  }
+  return undefined;
+}
+
+/**
  * A server URL as it may be logged: its credentials (`user:password@` or `token@`, which NATS URLs may carry)
  * replaced by `[redacted]@`.
  */
-function serverForLog(server: string): string {
+export function serverForLog(server: string): string {
   return server.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)?[^/]*@/, "$1[redacted]@");
 }
 

@@ -1,4 +1,5 @@
 import { isIP } from "node:net";
+import { invalidNatsServer, serverForLog } from "@keyledger/nats-bus";
 
 /** Service configuration, parsed from an environment-shaped record. Only main.ts passes `process.env` here. */
 export type ApiConfig = {
@@ -134,14 +135,9 @@ const NATS_TOKENS = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
 function natsUrl(env: Record<string, string | undefined>): string | undefined {
   const raw = env.NATS_URL;
   if (raw === undefined || raw.trim() === "") return undefined;
-  for (const server of raw.split(",")) {
-    const entry = server.trim();
-    try {
-      const parsed = new URL(entry.includes("://") ? entry : `nats://${entry}`);
-      if (!["nats:", "tls:", "ws:", "wss:"].includes(parsed.protocol) || parsed.hostname === "") throw new Error();
-    } catch {
-      throw new ConfigError("NATS_URL", `"${entry}" is not a NATS server URL (nats://host:port)`);
-    }
+  const invalid = invalidNatsServer(raw);
+  if (invalid !== undefined) {
+    throw new ConfigError("NATS_URL", `"${serverForLog(invalid)}" is not a NATS server URL (nats://host:port)`);
   }
   return raw;
 }

@@ -1,3 +1,5 @@
+import { invalidNatsServer, serverForLog } from "@keyledger/nats-bus";
+
 /** Gateway configuration, parsed from an environment-shaped record. Only main.ts passes `process.env` here. */
 export type GatewayConfig = {
   port: number;
@@ -70,6 +72,17 @@ function logLevel(env: Env): string {
   return level;
 }
 
+/** `NATS_URL`: unset, or comma-separated NATS servers (as the API's). */
+function natsUrl(env: Env): string | undefined {
+  const raw = env.NATS_URL;
+  if (raw === undefined || raw.trim() === "") return undefined;
+  const invalid = invalidNatsServer(raw);
+  if (invalid !== undefined) {
+    throw new GatewayConfigError("NATS_URL", `"${serverForLog(invalid)}" is not a NATS server URL (nats://host:port)`);
+  }
+  return raw;
+}
+
 export function parseGatewayConfig(env: Env): GatewayConfig {
   const subjectPrefix = env.NATS_SUBJECT_PREFIX || "keyledger";
   if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(subjectPrefix)) {
@@ -89,7 +102,7 @@ export function parseGatewayConfig(env: Env): GatewayConfig {
     upstreamPipelining: integer(env, "UPSTREAM_PIPELINING", 1, 1, 100),
     upstreamTimeoutMs: integer(env, "UPSTREAM_TIMEOUT_MS", 60_000, 100, 3_600_000),
     apiUrl: httpUrl(env, "API_URL"),
-    natsUrl: env.NATS_URL || undefined,
+    natsUrl: natsUrl(env),
     subjectPrefix,
     cache: {
       maxEntries: integer(env, "VERIFIER_CACHE_MAX_ENTRIES", 100_000, 1, 10_000_000),

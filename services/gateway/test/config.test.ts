@@ -1,0 +1,29 @@
+import { describe, expect, it } from "vitest";
+import { parseGatewayConfig } from "../src/index";
+
+describe("gateway configuration: NATS_URL", () => {
+  const base = { API_URL: "http://api:3000", UPSTREAM_URL: "http://up:80" };
+
+  it("takes NATS servers as the API does: nats, tls, ws, wss or host:port, comma-separated", () => {
+    for (const natsUrl of ["nats://nats:4222", "tls://nats:4222", "nats:4222", "nats://a:4222, nats://b:4222"]) {
+      expect(parseGatewayConfig({ ...base, NATS_URL: natsUrl }).natsUrl).toBe(natsUrl);
+    }
+    expect(parseGatewayConfig(base).natsUrl).toBeUndefined();
+  });
+
+  it("refuses what is not a NATS server, naming the variable, without echoing credentials", () => {
+    expect(() => parseGatewayConfig({ ...base, NATS_URL: "http://nats:4222" })).toThrow(
+      /^NATS_URL: "http:\/\/nats:4222" is not a NATS server URL/,
+    );
+    // The missing ":" makes this the host "nats" with a path: the gateway would retry a wrong host for ever.
+    expect(() => parseGatewayConfig({ ...base, NATS_URL: "nats//127.0.0.1:4222" })).toThrow(/^NATS_URL: /);
+    expect(() => parseGatewayConfig({ ...base, NATS_URL: "nats://a:4222,nats://b:x" })).toThrow(/"nats:\/\/b:x"/);
+    let message = "";
+    try {
+      parseGatewayConfig({ ...base, NATS_URL: "nats://alice:s3cret@nats:4222/path" });
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    expect(message).toMatch(/^NATS_URL: "nats:\/\/\[redacted\]@nats:4222\/path" is not a NATS server URL/);
+  });
+});
