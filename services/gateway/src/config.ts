@@ -58,6 +58,11 @@ function httpUrl(env: Env, name: string): string {
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
     throw new GatewayConfigError(name, "must be an http(s) URL");
   }
+  // Only the origin is used (the request's own path goes upstream; the API is asked at /api/…): a path, query or
+  // fragment would be dropped without a word.
+  if (parsed.pathname !== "/" || parsed.search !== "" || parsed.hash !== "") {
+    throw new GatewayConfigError(name, `must be an origin such as http://host:port (no path or query), got "${raw}"`);
+  }
   return raw;
 }
 

@@ -27,3 +27,23 @@ describe("gateway configuration: NATS_URL", () => {
     expect(message).toMatch(/^NATS_URL: "nats:\/\/\[redacted\]@nats:4222\/path" is not a NATS server URL/);
   });
 });
+
+describe("gateway configuration: UPSTREAM_URL and API_URL", () => {
+  it("take an origin, with or without the trailing slash", () => {
+    const config = parseGatewayConfig({ API_URL: "https://api.example.com/", UPSTREAM_URL: "http://up:8000" });
+    expect(config.apiUrl).toBe("https://api.example.com/");
+    expect(config.upstreamUrl).toBe("http://up:8000");
+  });
+
+  it("refuse a path or query, which the gateway would drop (requests keep their own path; the API is at /api/…)", () => {
+    expect(() => parseGatewayConfig({ API_URL: "http://api:3000", UPSTREAM_URL: "http://up:8000/v1" })).toThrow(
+      /^UPSTREAM_URL: must be an origin such as http:\/\/host:port \(no path or query\), got "http:\/\/up:8000\/v1"/,
+    );
+    expect(() => parseGatewayConfig({ API_URL: "http://api:3000/keyledger", UPSTREAM_URL: "http://up:8000" })).toThrow(
+      /^API_URL: must be an origin/,
+    );
+    expect(() => parseGatewayConfig({ API_URL: "http://api:3000/?x=1", UPSTREAM_URL: "http://up:8000" })).toThrow(
+      /^API_URL: must be an origin/,
+    );
+  });
+});
