@@ -67,17 +67,31 @@ function integer(env: Record<string, string | undefined>, name: string, fallback
   return value;
 }
 
-function url(env: Record<string, string | undefined>, name: string, required: boolean): string | undefined {
+const HTTP = { protocols: ["http:", "https:"], example: "an http(s) URL" };
+/** Postgres connection strings as pg reads them (`socket:` for a Unix socket). */
+const POSTGRES = {
+  protocols: ["postgres:", "postgresql:", "socket:"],
+  example: "a Postgres URL such as postgres://user:pass@host:5432/db",
+};
+
+/**
+ * An optional URL of one of `kind.protocols`. The value is never echoed (DATABASE_URL carries a password); a URL of
+ * another scheme (`localhost:5432` is the scheme "localhost:") is refused rather than read as something else.
+ */
+function url(
+  env: Record<string, string | undefined>,
+  name: string,
+  kind: { protocols: string[]; example: string },
+): string | undefined {
   const raw = env[name];
-  if (raw === undefined || raw === "") {
-    if (required) throw new ConfigError(name, "is required");
-    return undefined;
-  }
+  if (raw === undefined || raw === "") return undefined;
+  let parsed: URL;
   try {
-    new URL(raw);
+    parsed = new URL(raw);
   } catch {
     throw new ConfigError(name, `is not a valid URL`);
   }
+  if (!kind.protocols.includes(parsed.protocol)) throw new ConfigError(name, `must be ${kind.example}`);
   return raw;
 }
 
@@ -185,9 +199,9 @@ function natsConfig(env: Record<string, string | undefined>): ApiConfig["nats"] 
 }
 
 export function parseApiConfig(env: Record<string, string | undefined>): ApiConfig {
-  const databaseUrl = url(env, "DATABASE_URL", false);
+  const databaseUrl = url(env, "DATABASE_URL", POSTGRES);
   const issuer = env.OIDC_ISSUER || undefined;
-  const jwksUrl = url(env, "OIDC_JWKS_URL", false);
+  const jwksUrl = url(env, "OIDC_JWKS_URL", HTTP);
   if (issuer === undefined && jwksUrl !== undefined) {
     throw new ConfigError("OIDC_ISSUER", "is required with OIDC_JWKS_URL");
   }
@@ -211,7 +225,7 @@ export function parseApiConfig(env: Record<string, string | undefined>): ApiConf
         ? { issuer, jwksUrl, audience: env.OIDC_AUDIENCE || undefined }
         : undefined,
     dataDir: env.KEYLEDGER_DATA_DIR || ".keyledger",
-    publicUrl: url(env, "PUBLIC_URL", false) ?? `http://localhost:${port}`,
+    publicUrl: url(env, "PUBLIC_URL", HTTP) ?? `http://localhost:${port}`,
     internalApiToken,
     keyUsedThrottleMs: integer(env, "KEY_USED_THROTTLE_MS", 10_000, 0, 86_400_000),
     logLevel: logLevel(env),

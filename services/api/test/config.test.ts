@@ -16,3 +16,30 @@ describe("API configuration: NATS_URL", () => {
     );
   });
 });
+
+describe("API configuration: URLs", () => {
+  it("take Postgres URLs for DATABASE_URL and http(s) URLs for OIDC_JWKS_URL and PUBLIC_URL", () => {
+    const config = parseApiConfig({
+      DATABASE_URL: "postgresql://keyledger:pw@db:5432/keyledger",
+      OIDC_ISSUER: "https://id.example.com/",
+      OIDC_JWKS_URL: "https://id.example.com/.well-known/jwks.json",
+      PUBLIC_URL: "https://keys.example.com",
+    });
+    expect(config.databaseUrl).toBe("postgresql://keyledger:pw@db:5432/keyledger");
+    expect(config.oidc?.jwksUrl).toBe("https://id.example.com/.well-known/jwks.json");
+    expect(config.publicUrl).toBe("https://keys.example.com");
+  });
+
+  it("refuse a URL of another scheme, which would otherwise fail later or not at all, without echoing it", () => {
+    // `localhost:5432` parses as a URL of scheme "localhost:"; pg then fails with "no PostgreSQL user name specified".
+    expect(() => parseApiConfig({ DATABASE_URL: "localhost:5432" })).toThrow(
+      /^DATABASE_URL: must be a Postgres URL such as postgres:\/\/user:pass@host:5432\/db$/,
+    );
+    expect(() => parseApiConfig({ DATABASE_URL: "mysql://root:s3cret@db/keys" })).toThrow(/^DATABASE_URL: must be/);
+    // The API started with these, and every JWT was refused (JWKS unreachable) or the dev issuer's `iss` was junk.
+    expect(() => parseApiConfig({ OIDC_ISSUER: "https://id", OIDC_JWKS_URL: "ftp://id/jwks.json" })).toThrow(
+      /^OIDC_JWKS_URL: must be an http\(s\) URL$/,
+    );
+    expect(() => parseApiConfig({ PUBLIC_URL: "localhost:3000" })).toThrow(/^PUBLIC_URL: must be an http\(s\) URL$/);
+  });
+});

@@ -45,10 +45,15 @@ function logLevel(env: Record<string, string | undefined>): string {
 export function parseProjectorConfig(env: Record<string, string | undefined>): ProjectorConfig {
   const databaseUrl = env.DATABASE_URL;
   if (!databaseUrl) throw new ProjectorConfigError("DATABASE_URL", "is required");
+  let parsed: URL;
   try {
-    new URL(databaseUrl);
+    parsed = new URL(databaseUrl);
   } catch {
     throw new ProjectorConfigError("DATABASE_URL", "is not a valid URL");
+  }
+  // Not echoed (it carries a password). `localhost:5432` parses as the scheme "localhost:": refused here.
+  if (!["postgres:", "postgresql:", "socket:"].includes(parsed.protocol)) {
+    throw new ProjectorConfigError("DATABASE_URL", "must be a Postgres URL such as postgres://user:pass@host:5432/db");
   }
   return {
     databaseUrl,

@@ -26,3 +26,14 @@ describe("projector configuration", () => {
     expect(parseProjectorConfig({ ...base, PROJECTOR_POLL_INTERVAL_MS: "250" }).pollIntervalMs).toBe(250);
   });
 });
+
+describe("projector configuration: DATABASE_URL", () => {
+  it("must be a Postgres URL (localhost:5432 parses as the scheme 'localhost:'), and is never echoed", () => {
+    expect(() => parseProjectorConfig({ DATABASE_URL: "localhost:5432" })).toThrow(
+      /^DATABASE_URL: must be a Postgres URL such as postgres:\/\/user:pass@host:5432\/db$/,
+    );
+    expect(parseProjectorConfig({ DATABASE_URL: "postgresql://u:p@db/keyledger" }).databaseUrl).toBe(
+      "postgresql://u:p@db/keyledger",
+    );
+  });
+});
