@@ -109,8 +109,10 @@ function trustProxy(raw: string | undefined): boolean | number | string {
   const entries = raw.split(",").map((entry) => entry.trim());
   for (const entry of entries) {
     const [address = "", prefix] = entry.split("/");
-    const validPrefix = prefix === undefined || (/^\d{1,3}$/.test(prefix) && Number(prefix) <= 128);
-    if (!(PROXY_NAMES.has(entry) || (isIP(address) !== 0 && validPrefix))) {
+    const family = isIP(address);
+    const validPrefix =
+      prefix === undefined || (/^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128));
+    if (!(PROXY_NAMES.has(entry) || (family !== 0 && validPrefix))) {
       throw new ConfigError("TRUST_PROXY", `"${entry}" is not true, a hop count, an address, a CIDR or a proxy name`);
     }
   }

@@ -43,3 +43,16 @@ describe("API configuration: URLs", () => {
     expect(() => parseApiConfig({ PUBLIC_URL: "localhost:3000" })).toThrow(/^PUBLIC_URL: must be an http\(s\) URL$/);
   });
 });
+
+describe("API configuration: TRUST_PROXY", () => {
+  it("takes addresses and CIDRs of the right width", () => {
+    expect(parseApiConfig({ TRUST_PROXY: "10.0.0.0/8, fd00::/8, loopback" }).trustProxy).toBe(
+      "10.0.0.0/8,fd00::/8,loopback",
+    );
+  });
+
+  it("refuses an IPv4 prefix over 32 (proxy-addr threw 'invalid range on address' at start, exit 1)", () => {
+    expect(() => parseApiConfig({ TRUST_PROXY: "10.0.0.0/33" })).toThrow(/^TRUST_PROXY: "10.0.0.0\/33" is not/);
+    expect(() => parseApiConfig({ TRUST_PROXY: "fd00::/129" })).toThrow(/^TRUST_PROXY: "fd00::\/129" is not/);
+  });
+});
