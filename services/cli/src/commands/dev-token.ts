@@ -4,14 +4,30 @@ import { type CliCommand, parseFlags, UsageError } from "../command";
 const DURATION = /^(\d+)([smhd])$/;
 const SECONDS = { s: 1, m: 60, h: 3600, d: 86_400 } as const;
 
-/** The running API's base URL: `--api-url`, else `KEYLEDGER_API_URL`, else this machine on `PORT` (3000). */
+/**
+ * The running API's base URL: `--api-url`, else `KEYLEDGER_API_URL`, else this machine on `PORT` (3000). A bad
+ * value is refused naming where it came from, and must be http(s) (`localhost:3000` is the scheme "localhost:").
+ */
 export function apiUrl(flags: Record<string, string>, env: Record<string, string | undefined>): string {
-  const raw = flags["api-url"] ?? env.KEYLEDGER_API_URL ?? `http://127.0.0.1:${env.PORT || 3000}`;
-  try {
-    return new URL(raw).toString().replace(/\/+$/, "");
-  } catch {
-    throw new UsageError(`--api-url "${raw}" is not a URL`);
+  const [source, raw] =
+    flags["api-url"] !== undefined
+      ? ["--api-url", flags["api-url"]]
+      : env.KEYLEDGER_API_URL
+        ? ["KEYLEDGER_API_URL", env.KEYLEDGER_API_URL]
+        : ["PORT", `http://127.0.0.1:${env.PORT || 3000}`];
+  if (source === "PORT" && env.PORT && !/^\d{1,5}$/.test(env.PORT)) {
+    throw new UsageError(`PORT must be a port number, got "${env.PORT}"`);
   }
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    throw new UsageError(`${source} "${raw}" is not a URL`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw new UsageError(`${source} must be an http(s) URL such as http://127.0.0.1:3000, got "${raw}"`);
+  }
+  return parsed.toString().replace(/\/+$/, "");
 }
 
 function required(flags: Record<string, string>, name: string): string {
