@@ -177,7 +177,7 @@ function membershipConfig(env: Record<string, string | undefined>) {
 
 function natsConfig(env: Record<string, string | undefined>): ApiConfig["nats"] {
   const url = natsUrl(env);
-  if (url === undefined) return undefined;
+  // Every NATS setting is checked even without NATS_URL: a bad value is refused now, not when NATS is turned on.
   const streamName = env.NATS_STREAM || "KEYLEDGER";
   if (!/^[A-Za-z0-9_-]{1,64}$/.test(streamName)) {
     throw new ConfigError("NATS_STREAM", "must be 1-64 characters of letters, digits, _ and -");
@@ -186,8 +186,7 @@ function natsConfig(env: Record<string, string | undefined>): ApiConfig["nats"] 
   if (!NATS_TOKENS.test(subjectPrefix)) {
     throw new ConfigError("NATS_SUBJECT_PREFIX", "must be dot-separated tokens of letters, digits, _ and -");
   }
-  return {
-    url,
+  const settings = {
     streamName,
     subjectPrefix,
     duplicateWindowMs: integer(env, "NATS_DUPLICATE_WINDOW_MS", 120_000, 1_000, 86_400_000),
@@ -198,6 +197,7 @@ function natsConfig(env: Record<string, string | undefined>): ApiConfig["nats"] 
       relayHeartbeatTimeoutMs: integer(env, "VERIFIER_HEARTBEAT_TIMEOUT_MS", 2_000, 600, 600_000),
     },
   };
+  return url === undefined ? undefined : { url, ...settings };
 }
 
 export function parseApiConfig(env: Record<string, string | undefined>): ApiConfig {

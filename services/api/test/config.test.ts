@@ -56,3 +56,14 @@ describe("API configuration: TRUST_PROXY", () => {
     expect(() => parseApiConfig({ TRUST_PROXY: "fd00::/129" })).toThrow(/^TRUST_PROXY: "fd00::\/129" is not/);
   });
 });
+
+describe("API configuration: NATS settings without NATS_URL", () => {
+  it("are checked all the same: a bad value is refused at this start, not at the one that turns NATS on", () => {
+    expect(() => parseApiConfig({ VERIFIER_CACHE_TTL_MS: "60s" })).toThrow(
+      /^VERIFIER_CACHE_TTL_MS: must be an integer/,
+    );
+    expect(() => parseApiConfig({ NATS_STREAM: "key.ledger" })).toThrow(/^NATS_STREAM: /);
+    expect(() => parseApiConfig({ MEMBERSHIP_CONSUMER: "a b" })).toThrow(/^MEMBERSHIP_CONSUMER: /);
+    expect(parseApiConfig({ VERIFIER_CACHE_TTL_MS: "30000" }).nats).toBeUndefined();
+  });
+});
