@@ -98,6 +98,12 @@ export function parseGatewayConfig(env: Env): GatewayConfig {
   if (mode !== "proxy" && mode !== "forward-auth") {
     throw new GatewayConfigError("GATEWAY_MODE", `must be "proxy" or "forward-auth", got "${mode}"`);
   }
+  if (mode === "forward-auth" && env.UPSTREAM_URL) {
+    throw new GatewayConfigError(
+      "UPSTREAM_URL",
+      "must be unset with GATEWAY_MODE=forward-auth, which forwards nothing (proxy mode forwards to UPSTREAM_URL)",
+    );
+  }
   return {
     port: integer(env, "PORT", 8080, 0, 65535),
     host: env.HOST || "0.0.0.0",

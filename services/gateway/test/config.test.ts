@@ -47,3 +47,12 @@ describe("gateway configuration: UPSTREAM_URL and API_URL", () => {
     );
   });
 });
+
+describe("gateway configuration: GATEWAY_MODE and UPSTREAM_URL", () => {
+  it("refuses UPSTREAM_URL in forward-auth mode, where it would be ignored and nothing forwarded", () => {
+    expect(() =>
+      parseGatewayConfig({ API_URL: "http://api:3000", GATEWAY_MODE: "forward-auth", UPSTREAM_URL: "http://up:80" }),
+    ).toThrow(/^UPSTREAM_URL: must be unset with GATEWAY_MODE=forward-auth/);
+    expect(parseGatewayConfig({ API_URL: "http://api:3000", GATEWAY_MODE: "forward-auth" }).mode).toBe("forward-auth");
+  });
+});
