@@ -210,6 +210,10 @@ export function parseApiConfig(env: Record<string, string | undefined>): ApiConf
   if (issuer !== undefined && jwksUrl === undefined) {
     throw new ConfigError("OIDC_JWKS_URL", "is required with OIDC_ISSUER");
   }
+  if (issuer === undefined && env.OIDC_AUDIENCE) {
+    // The development issuer checks its own audience: an OIDC_AUDIENCE here would be ignored.
+    throw new ConfigError("OIDC_AUDIENCE", "applies only with OIDC_ISSUER and OIDC_JWKS_URL, which are unset");
+  }
   if (issuer === undefined && env.NODE_ENV === "production") {
     throw new ConfigError("OIDC_ISSUER", "is required when NODE_ENV=production (the development issuer is refused)");
   }

@@ -67,3 +67,13 @@ describe("API configuration: NATS settings without NATS_URL", () => {
     expect(parseApiConfig({ VERIFIER_CACHE_TTL_MS: "30000" }).nats).toBeUndefined();
   });
 });
+
+describe("API configuration: OIDC_AUDIENCE", () => {
+  it("is refused without the OIDC provider, where the development issuer would ignore it", () => {
+    expect(() => parseApiConfig({ OIDC_AUDIENCE: "keyledger" })).toThrow(
+      /^OIDC_AUDIENCE: applies only with OIDC_ISSUER and OIDC_JWKS_URL/,
+    );
+    const oidc = { OIDC_ISSUER: "https://id.example.com/", OIDC_JWKS_URL: "https://id.example.com/jwks" };
+    expect(parseApiConfig({ ...oidc, OIDC_AUDIENCE: "keyledger" }).oidc?.audience).toBe("keyledger");
+  });
+});
