@@ -11,9 +11,10 @@ const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 function runEntryPoint(
   entryPoint: string,
   env: Record<string, string>,
+  args: string[] = [],
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", entryPoint], {
+    const child = spawn(process.execPath, ["--import", "tsx", entryPoint, ...args], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? "", ...env },
       stdio: ["ignore", "pipe", "pipe"],
@@ -66,5 +67,20 @@ describe("a service started with an invalid setting", () => {
     expect(result.stderr).toMatch(
       /invalid configuration: LOG_LEVEL: must be one of fatal, .*trace, silent, got "verbose"/,
     );
+  });
+});
+
+describe("the CLI with an invalid DATABASE_URL", () => {
+  it.each([
+    ["localhost:5432", /DATABASE_URL: must be a Postgres URL such as postgres:\/\/user:pass@host:5432\/db$/],
+    ["mysql://root:s3cret@127.0.0.1:1/keys", /DATABASE_URL: must be a Postgres URL/],
+    ["postgres://root:s3cret@db:port/keys", /DATABASE_URL: is not a valid URL$/],
+  ])("%s: refused in one line naming the variable, exit code 78, value not echoed", async (databaseUrl, message) => {
+    const result = await runEntryPoint("services/cli/src/main.ts", { DATABASE_URL: databaseUrl }, ["migrate"]);
+    expect(result.code).toBe(78);
+    expect(result.stderr.trim().split("\n")).toHaveLength(1);
+    expect(result.stderr.trim()).toMatch(/^keyledger migrate: invalid configuration: /);
+    expect(result.stderr.trim()).toMatch(message);
+    expect(result.stderr).not.toContain("s3cret");
   });
 });

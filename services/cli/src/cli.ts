@@ -10,6 +10,22 @@ export function helpText(commands: readonly CliCommand[]): string {
   return `${lines.join("\n")}\n`;
 }
 
+/**
+ * What is wrong with `DATABASE_URL` (never echoed: it carries a password), or undefined when it is unset or a
+ * Postgres URL. `localhost:5432` parses as the scheme "localhost:", and pg then fails with "no PostgreSQL user name".
+ */
+function invalidDatabaseUrl(raw: string | undefined): string | undefined {
+  if (!raw) return undefined;
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    return "is not a valid URL";
+  }
+  if (["postgres:", "postgresql:", "socket:"].includes(parsed.protocol)) return undefined;
+  return "must be a Postgres URL such as postgres://user:pass@host:5432/db";
+}
+
 /** Runs one command; every failure is a single line on stderr and a non-zero exit code. */
 export async function runCli(
   argv: string[],
@@ -25,6 +41,11 @@ export async function runCli(
   if (!command) {
     process.stderr.write(`keyledger: unknown command "${name}" (see pnpm keyledger --help)\n`);
     return 2;
+  }
+  const configProblem = invalidDatabaseUrl(env.DATABASE_URL);
+  if (configProblem !== undefined) {
+    process.stderr.write(`keyledger ${name}: invalid configuration: DATABASE_URL: ${configProblem}\n`);
+    return 78;
   }
   if (args.includes("--help") || args.includes("-h")) {
     process.stdout.write(
