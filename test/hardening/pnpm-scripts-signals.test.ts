@@ -1,4 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, inject, it } from "vitest";
 
@@ -15,23 +17,27 @@ function alive(pid: number): boolean {
 }
 
 /**
- * `pnpm start` (and `pnpm run start:gateway`) as documented, stopped the way a process manager stops it: SIGTERM (or SIGINT, as pm2 sends) to
- * pnpm's own pid only, not to its process group. pnpm passes the signal to the script's shell; a shell that waits
- * for `tsx` dies of it and leaves the service running, orphaned, still holding its port (and the embedded database's
- * lock). The scripts exec tsx, so the signal reaches the service, which shuts down gracefully.
+ * `pnpm start` (and `pnpm run start:gateway`) as documented, stopped the way a process manager stops it: SIGTERM
+ * (or SIGINT, as pm2 sends) to pnpm's own pid only, not to its process group. pnpm passes the signal to the script's
+ * shell; a shell that waits for `tsx` dies of it and leaves the service running, orphaned, still holding its port
+ * (and the embedded database's lock). The scripts exec tsx, so the signal reaches the service, which shuts down
+ * gracefully.
  */
 describe("pnpm start and start:gateway stopped by a signal to pnpm alone", () => {
   const children: ChildProcess[] = [];
   const servicePids: number[] = [];
+  // The development issuer's key is written to KEYLEDGER_DATA_DIR: a directory of this test's, not the repository's.
+  const dataDir = mkdtempSync(join(tmpdir(), "keyledger-pnpm-signals-"));
   afterAll(() => {
     for (const child of children) if (child.exitCode === null) child.kill("SIGKILL");
     for (const pid of servicePids) if (alive(pid)) process.kill(pid, "SIGKILL");
+    rmSync(dataDir, { recursive: true, force: true });
   });
 
   const scripts = [
     {
       script: "start",
-      env: { DATABASE_URL: inject("databaseUrl"), PROJECTOR_IN_API: "false" },
+      env: { DATABASE_URL: inject("databaseUrl"), PROJECTOR_IN_API: "false", KEYLEDGER_DATA_DIR: dataDir },
       ready: /"pid":(\d+)[^\n]*Server listening at http:\/\/127\.0\.0\.1:\d+/,
     },
     {
