@@ -84,3 +84,34 @@ describe("the CLI with an invalid DATABASE_URL", () => {
     expect(result.stderr).not.toContain("s3cret");
   });
 });
+
+describe("the gateway started on PORT=0", () => {
+  it("logs the port the system picked, where it answers", async () => {
+    const child = spawn(process.execPath, ["--import", "tsx", "services/gateway/src/main.ts"], {
+      cwd: ROOT,
+      env: {
+        PATH: process.env.PATH ?? "",
+        PORT: "0",
+        HOST: "127.0.0.1",
+        GATEWAY_MODE: "forward-auth",
+        API_URL: "http://127.0.0.1:1",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    try {
+      let output = "";
+      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+      const deadline = Date.now() + 20_000;
+      while (!output.includes('"msg":"gateway listening"') && Date.now() < deadline && child.exitCode === null) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      const line = output.split("\n").find((entry) => entry.includes('"msg":"gateway listening"'));
+      expect(line, output).toBeDefined();
+      const { port } = JSON.parse(line as string) as { port: number };
+      expect(port).toBeGreaterThan(0);
+      expect((await fetch(`http://127.0.0.1:${port}/health/live`)).status).toBe(200);
+    } finally {
+      child.kill("SIGKILL");
+    }
+  });
+});

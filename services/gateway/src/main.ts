@@ -51,8 +51,9 @@ async function main() {
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
-  await gateway.listen({ port: config.port, host: config.host });
-  log.info({ port: config.port, mode: config.mode }, "gateway listening");
+  // The address bound, not the one asked for: with PORT=0 the system picks the port.
+  const url = await gateway.listen({ port: config.port, host: config.host });
+  log.info({ url, port: Number(new URL(url).port), mode: config.mode }, "gateway listening");
 }
 
 main().catch((error) => {
