@@ -13,6 +13,8 @@ export type GatewayConfig = {
   upstreamPipelining: number;
   /** Longest wait for upstream's answer headers, and between two reads of its body. */
   upstreamTimeoutMs: number;
+  /** Whether the client's `Authorization` (its API key) is forwarded upstream too (`UPSTREAM_AUTHORIZATION`). */
+  forwardAuthorization: boolean;
   /** The keyledger API, asked on cache misses (`GET /api/api-keys/current`). */
   apiUrl: string;
   /** Without NATS nothing is cached: every request is checked with the API. */
@@ -104,6 +106,19 @@ export function parseGatewayConfig(env: Env): GatewayConfig {
       "must be unset with GATEWAY_MODE=forward-auth, which forwards nothing (proxy mode forwards to UPSTREAM_URL)",
     );
   }
+  const upstreamAuthorization = env.UPSTREAM_AUTHORIZATION || "strip";
+  if (upstreamAuthorization !== "strip" && upstreamAuthorization !== "forward") {
+    throw new GatewayConfigError(
+      "UPSTREAM_AUTHORIZATION",
+      `must be "strip" or "forward", got "${upstreamAuthorization}"`,
+    );
+  }
+  if (mode === "forward-auth" && env.UPSTREAM_AUTHORIZATION) {
+    throw new GatewayConfigError(
+      "UPSTREAM_AUTHORIZATION",
+      "must be unset with GATEWAY_MODE=forward-auth, which forwards nothing (the proxy in front decides)",
+    );
+  }
   return {
     port: integer(env, "PORT", 8080, 0, 65535),
     host: env.HOST || "0.0.0.0",
@@ -112,6 +127,7 @@ export function parseGatewayConfig(env: Env): GatewayConfig {
     upstreamConnections: integer(env, "UPSTREAM_CONNECTIONS", 128, 1, 65_536),
     upstreamPipelining: integer(env, "UPSTREAM_PIPELINING", 1, 1, 100),
     upstreamTimeoutMs: integer(env, "UPSTREAM_TIMEOUT_MS", 60_000, 100, 3_600_000),
+    forwardAuthorization: upstreamAuthorization === "forward",
     apiUrl: httpUrl(env, "API_URL"),
     natsUrl: natsUrl(env),
     subjectPrefix,

@@ -32,6 +32,12 @@ export type GatewayOptions = {
    * (default 60 s, as nginx's `proxy_read_timeout`): a 504 before any of the answer, a cut connection after.
    */
   upstreamTimeoutMs?: number;
+  /**
+   * Whether the client's `Authorization` (its API key) goes upstream too (default false: the key stays at the
+   * gateway, upstream learns whose key it was from the identity headers). For an upstream that must itself present
+   * the caller's key onwards.
+   */
+  forwardAuthorization?: boolean;
 };
 
 export interface Gateway {
@@ -239,7 +245,7 @@ type Inbound = {
   upgrade: string | undefined;
 };
 
-function readInbound(rawHeaders: string[]): Inbound {
+function readInbound(rawHeaders: string[], forwardAuthorization: boolean): Inbound {
   const forward: string[] = [];
   let authorization: string | undefined;
   let hasBody = false;
@@ -253,9 +259,10 @@ function readInbound(rawHeaders: string[]): Inbound {
     const value = rawHeaders[i + 1] as string;
     const lower = name.toLowerCase();
     if (lower === "authorization") {
-      // Two Authorization headers: ambiguous, treated as none. Never forwarded: upstream gets the identity headers.
+      // Two Authorization headers: ambiguous, treated as none. Forwarded only when configured (the identity headers
+      // say whose key it was); a refused request goes nowhere anyway.
       authorization = authorization === undefined ? value : "";
-      continue;
+      if (!forwardAuthorization) continue;
     } else if (lower === "x-forwarded-for") {
       forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
       continue;
@@ -280,7 +287,8 @@ function readInbound(rawHeaders: string[]): Inbound {
     if (tokens !== undefined) {
       for (let i = forward.length - 2; i >= 0; i -= 2) {
         const lower = (forward[i] as string).toLowerCase();
-        if (tokens.has(lower)) forward.splice(i, 2);
+        // A forwarded key stays, whatever the client names in Connection.
+        if (tokens.has(lower) && lower !== "authorization") forward.splice(i, 2);
       }
       if (tokens.has("x-forwarded-for")) forwardedFor = undefined;
     }
@@ -429,6 +437,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
   }
   const pool = upstream;
   const blocking = (options.upstreamPipelining ?? 1) <= 1;
+  const forwardAuthorization = options.forwardAuthorization ?? false;
 
   const health = (path: string, res: ServerResponse): boolean => {
     if (path === "/health/live") {
@@ -546,7 +555,7 @@ export async function buildGateway(options: GatewayOptions): Promise<Gateway> {
       const query = url.indexOf("?");
       if (health(query === -1 ? url : url.slice(0, query), res)) return;
     }
-    const inbound = readInbound(req.rawHeaders);
+    const inbound = readInbound(req.rawHeaders, forwardAuthorization);
     if (http11 && !inbound.host) return missingHost(req, res, url);
     if (mode === "proxy" && url.charCodeAt(0) !== 47) {
       // An absolute-form or `*` target: not a request for upstream.

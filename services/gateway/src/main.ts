@@ -35,6 +35,7 @@ async function main() {
     upstreamConnections: config.upstreamConnections,
     upstreamPipelining: config.upstreamPipelining,
     upstreamTimeoutMs: config.upstreamTimeoutMs,
+    forwardAuthorization: config.forwardAuthorization,
     verifier,
     log,
   });

@@ -56,3 +56,26 @@ describe("gateway configuration: GATEWAY_MODE and UPSTREAM_URL", () => {
     expect(parseGatewayConfig({ API_URL: "http://api:3000", GATEWAY_MODE: "forward-auth" }).mode).toBe("forward-auth");
   });
 });
+
+describe("gateway configuration: UPSTREAM_AUTHORIZATION", () => {
+  const base = { API_URL: "http://api:3000", UPSTREAM_URL: "http://up:80" };
+
+  it("keeps the client's key at the gateway unless told to forward it", () => {
+    expect(parseGatewayConfig(base).forwardAuthorization).toBe(false);
+    expect(parseGatewayConfig({ ...base, UPSTREAM_AUTHORIZATION: "strip" }).forwardAuthorization).toBe(false);
+    expect(parseGatewayConfig({ ...base, UPSTREAM_AUTHORIZATION: "forward" }).forwardAuthorization).toBe(true);
+  });
+
+  it("refuses other values, and the setting in forward-auth mode, naming the variable", () => {
+    expect(() => parseGatewayConfig({ ...base, UPSTREAM_AUTHORIZATION: "yes" })).toThrow(
+      /^UPSTREAM_AUTHORIZATION: must be "strip" or "forward", got "yes"/,
+    );
+    expect(() =>
+      parseGatewayConfig({
+        API_URL: "http://api:3000",
+        GATEWAY_MODE: "forward-auth",
+        UPSTREAM_AUTHORIZATION: "forward",
+      }),
+    ).toThrow(/^UPSTREAM_AUTHORIZATION: must be unset with GATEWAY_MODE=forward-auth/);
+  });
+});

@@ -410,6 +410,20 @@ describe("gateway: hostile identities, headers, URLs and requests", () => {
     expect(dropped["x-forwarded-for"]).toBe("127.0.0.1");
   });
 
+  it("forwards the client's key too when configured to (UPSTREAM_AUTHORIZATION=forward), whatever Connection says", async () => {
+    const proxy = await start({ upstreamUrl: upstream.url, verifier: fakeVerifier(), forwardAuthorization: true });
+    for (const extra of [{}, { connection: "authorization" }]) {
+      const res = await send(`${proxy}/x`, { headers: { authorization: `Bearer ${GOOD}`, ...extra } as never });
+      expect(res.status).toBe(201);
+      const headers = (JSON.parse(res.body.toString()) as Echo).headers;
+      expect(headers.authorization).toBe(`Bearer ${GOOD}`);
+      expect(headers["x-keyledger-user-id"]).toBeDefined();
+    }
+    // A refused key goes nowhere, forwarding or not.
+    const refused = await send(`${proxy}/x`, { headers: { authorization: "Bearer nope" } as never });
+    expect(refused.status).toBe(401);
+  });
+
   it("answers Expect: 100-continue itself: 100 Continue only for a good key, then the body goes upstream", async () => {
     const url = await start({ upstreamUrl: upstream.url, verifier: fakeVerifier() });
     const { hostname, port } = new URL(url);
