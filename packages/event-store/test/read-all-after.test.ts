@@ -264,7 +264,13 @@ describe("hasEventsAfter", () => {
         metadata,
       );
     }
-    const events = await readAllAfter(db, LOG_START, 1000);
+    // Commit-safe reading stops before any transaction still open in the cluster (transaction ids are shared by
+    // every database: other suites' transactions hold it back for a moment), so wait until all 600 are readable.
+    let events = await readAllAfter(db, LOG_START, 1000);
+    for (const deadline = Date.now() + 10_000; events.length < 600 && Date.now() < deadline; ) {
+      await sleep(50);
+      events = await readAllAfter(db, LOG_START, 1000);
+    }
     expect(events).toHaveLength(600);
     const last = events.at(-1) as RecordedEvent;
     const secondLast = events.at(-2) as RecordedEvent;
