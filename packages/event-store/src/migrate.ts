@@ -15,8 +15,14 @@ export async function runMigrations(db: Kysely<any>, dir = DEFAULT_MIGRATIONS_DI
   const files = (await readdir(dir)).filter((f) => f.endsWith(".sql")).sort();
   const applied: string[] = [];
   const alreadyApplied: string[] = [];
-  await sql`CREATE TABLE IF NOT EXISTS schema_migrations (
-    version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`.execute(db);
+  // Under the migration lock too: two `CREATE TABLE IF NOT EXISTS` racing on a fresh database both pass the check
+  // and one fails on the catalog's unique index (`pg_type_typname_nsp_index`), so a replica started at the same
+  // moment as another would not start.
+  await db.transaction().execute(async (trx) => {
+    await sql`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK_ID})`.execute(trx);
+    await sql`CREATE TABLE IF NOT EXISTS schema_migrations (
+      version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`.execute(trx);
+  });
   for (const file of files) {
     const version = file.replace(/\.sql$/, "");
     const text = await readFile(`${dir}/${file}`, "utf8");
