@@ -1,3 +1,4 @@
+import type { Subscription } from "@nats-io/transport-node";
 import type { NatsLink } from "./connection";
 import { keyUseReportSubject } from "./subjects";
 import { decodeKeyUseReport, encodeKeyUseReport, type KeyUseReport } from "./wire";
@@ -60,20 +61,25 @@ export class KeyUseReporter {
   }
 }
 
+/** Longest `subscribeKeyUseReports`' stop waits for the server to confirm the drain (a hung server never does). */
+const DRAIN_TIMEOUT_MS = 2_000;
+
 /**
  * API side: receives key-use reports in a queue group, so one replica handles each batch. Subscribes once
- * connected; the client resubscribes after reconnects. Returns a function that unsubscribes.
+ * connected; the client resubscribes after reconnects. Returns a function that stops receiving: it drains the
+ * subscription (the server stops sending to it, and every report it already sent is handed to `handler`; a report
+ * of the queue group sent to no one goes to no other replica either), and resolves once that is done.
  */
 export function subscribeKeyUseReports(
   link: NatsLink,
   options: { subjectPrefix: string; queue?: string },
   handler: (report: KeyUseReport) => void,
-): () => void {
-  let unsubscribe = () => {};
+): () => Promise<void> {
+  let subscription: Subscription | undefined;
   let stopped = false;
   void link.whenConnected().then((nc) => {
     if (!nc || stopped) return;
-    const sub = nc.subscribe(keyUseReportSubject(options.subjectPrefix), {
+    subscription = nc.subscribe(keyUseReportSubject(options.subjectPrefix), {
       queue: options.queue ?? "keyledger-api",
       callback: (error, msg) => {
         if (error) return;
@@ -81,10 +87,23 @@ export function subscribeKeyUseReports(
         if (report.uses.length > 0) handler(report);
       },
     });
-    unsubscribe = () => sub.unsubscribe();
   });
-  return () => {
+  return async () => {
     stopped = true;
-    unsubscribe();
+    const sub = subscription;
+    if (sub === undefined || sub.isClosed()) return;
+    // While NATS is unreachable nothing more can arrive, and a drain would wait for the server.
+    if (!link.connected) return sub.unsubscribe();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      sub.drain().catch(() => sub.unsubscribe()),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(() => {
+          sub.unsubscribe();
+          resolve();
+        }, DRAIN_TIMEOUT_MS);
+      }),
+    ]);
+    clearTimeout(timer);
   };
 }

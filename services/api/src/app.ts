@@ -130,10 +130,13 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const usage = new KeyUsageRecorder(commands, options.keyUsedThrottleMs, app.log);
   const recordKeyUse = (key: ApiKeyRow, requestId: string) => usage.record(key, requestId);
   if (options.nats?.membership) eventBus?.consumeMembership(options.nats.membership, commands, app.log);
+  /** Reports being read (their keys' rows): shutdown waits for them before the last flush of the uses. */
+  const reportsInProgress = new Set<Promise<void>>();
   eventBus?.onKeyUseReports(options.nats?.subjectPrefix ?? "", (report) => {
-    void recordReportedKeyUses(options.db, usage, report).catch((error: unknown) =>
-      app.log.warn({ err: error }, "could not record reported key uses"),
-    );
+    const recording = recordReportedKeyUses(options.db, usage, report)
+      .catch((error: unknown) => app.log.warn({ err: error }, "could not record reported key uses"))
+      .finally(() => reportsInProgress.delete(recording));
+    reportsInProgress.add(recording);
   });
 
   // JSON with prototype-poisoning protection, and an empty body (a DELETE with a JSON content type) as no body.
@@ -158,6 +161,10 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     done();
   });
   app.addHook("onClose", async () => {
+    // Requests are done (fastify closed the server first); then the reports this replica was sent, which no other
+    // replica of the queue group will get, are read into the recorder before its last flush.
+    await eventBus?.stopReceiving();
+    await Promise.all(reportsInProgress);
     await usage.flush();
     await commands.close();
     await eventBus?.close();

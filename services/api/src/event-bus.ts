@@ -53,7 +53,8 @@ export class ApiEventBus {
   readonly link: NatsLink;
   readonly relay: EventRelay | undefined;
   private readonly publisher: EventPublisher;
-  private readonly unsubscribers: (() => void)[] = [];
+  /** What `stopReceiving` stops: the key-use report subscription and the membership consumer. */
+  private readonly receivers: (() => Promise<void>)[] = [];
   private relayWake: NodeJS.Timeout | undefined;
   private relayPublishing: (events: RecordedEvent[]) => void = () => {};
   private relayHeartbeat: () => void = () => {};
@@ -115,9 +116,19 @@ export class ApiEventBus {
     }
   }
 
-  /** Receives gateways' key-use reports (one replica per batch, by queue group). */
+  /** Receives gateways' key-use reports (one replica per batch, by queue group) until `stopReceiving`. */
   onKeyUseReports(subjectPrefix: string, handler: (report: KeyUseReport) => void): void {
-    this.unsubscribers.push(subscribeKeyUseReports(this.link, { subjectPrefix }, handler));
+    this.receivers.push(subscribeKeyUseReports(this.link, { subjectPrefix }, handler));
+  }
+
+  /**
+   * First step of a shutdown: stops taking work from NATS (key-use reports, membership changes) and resolves once
+   * every report already sent to this replica has been handed to its handler and the membership consumer has
+   * finished the message it was applying. The fast path and the relay keep publishing until `close`.
+   */
+  async stopReceiving(): Promise<void> {
+    const receivers = this.receivers.splice(0);
+    await Promise.all(receivers.map((stop) => stop()));
   }
 
   /**
@@ -139,15 +150,15 @@ export class ApiEventBus {
       if (state === "connected") start();
     });
     start();
-    this.unsubscribers.push(() => {
+    this.receivers.push(async () => {
       off();
-      void consumer?.then((c) => c?.stop());
+      await consumer?.then((c) => c?.stop());
     });
   }
 
   async close(): Promise<void> {
     clearTimeout(this.relayWake);
-    for (const unsubscribe of this.unsubscribers) unsubscribe();
+    await this.stopReceiving();
     await this.relay?.stop();
     await this.link.close();
   }
