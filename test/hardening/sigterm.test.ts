@@ -6,6 +6,7 @@ import { createPostgresDatabase } from "@keyledger/api";
 import { type Kysely, sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { uniqueId } from "../support/api-harness";
+import { startNatsServer, testEventStream } from "../support/nats";
 import { startTestIssuer, type TestIssuer } from "../support/oidc-issuer";
 
 const ROOT = join(import.meta.dirname, "..", "..");
@@ -32,7 +33,8 @@ describe("SIGTERM", () => {
     await issuer?.close();
   });
 
-  async function startService(): Promise<{ baseUrl: string; port: number }> {
+  async function startService(extraEnv: Record<string, string> = {}): Promise<{ baseUrl: string; port: number }> {
+    output.length = 0;
     child = spawn(process.execPath, ["--import", "tsx", "services/api/src/main.ts"], {
       cwd: ROOT,
       env: {
@@ -46,6 +48,7 @@ describe("SIGTERM", () => {
         PORT: "0",
         HOST: "127.0.0.1",
         LOG_LEVEL: "info",
+        ...extraEnv,
       },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -165,4 +168,59 @@ describe("SIGTERM", () => {
     expect(events.rows).toContainEqual({ event_type: "KeyUsed", name: "used-at-shutdown" });
     expect(output.join("")).toContain("shutting down");
   });
+  it("exits 0 within a few seconds when the NATS server hangs, with the last KeyUsed flushed", async () => {
+    const nats = await startNatsServer();
+    const stream = testEventStream(nats.url);
+    try {
+      const { baseUrl } = await startService({
+        NATS_URL: nats.url,
+        NATS_STREAM: stream.streamName,
+        NATS_SUBJECT_PREFIX: stream.subjectPrefix,
+      });
+      const org = uniqueId("sigterm-nats-org");
+      const owner = uniqueId("sigterm-nats-owner");
+      const member = await fetch(`${baseUrl}/internal/organizations/${org}/members/${owner}`, {
+        method: "PUT",
+        headers: { authorization: `Bearer ${INTERNAL_TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({ role: "owner", permissions: [] }),
+      });
+      expect(member.status).toBe(204);
+      const created = await fetch(`${baseUrl}/api/api-keys`, {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${await issuer.token({ sub: owner })}`,
+          "x-daytona-organization-id": org,
+          "content-type": "application/json",
+        },
+        body: JSON.stringify({ name: "used-before-the-hang", permissions: [] }),
+      });
+      expect(created.status).toBe(201);
+      const { value } = (await created.json()) as { value: string };
+      await sleep(500); // the relay has published the creation and the connection is idle
+
+      // The server hangs (SIGSTOP): connections stay open, nothing answers; the client notices only after its
+      // ping timeout (20 s), longer than the 10 s the process is given to stop.
+      nats.pause();
+      const used = await fetch(`${baseUrl}/api/api-keys/current`, {
+        headers: { authorization: `Bearer ${value}`, connection: "close" },
+      });
+      expect(used.status).toBe(200);
+
+      const proc = child as ChildProcess;
+      const exit = exited(proc);
+      const signalledAt = Date.now();
+      proc.kill("SIGTERM");
+      const { code, signal } = await exit;
+      const tookMs = Date.now() - signalledAt;
+      console.log(`SIGTERM to exit with NATS hung: ${tookMs} ms`);
+      expect({ code, signal }, output.join("").slice(-2000)).toEqual({ code: 0, signal: null });
+      expect(tookMs).toBeLessThan(8_000);
+      const events = await sql<{ event_type: string; name: string }>`
+        SELECT event_type, data->>'name' AS name FROM events
+         WHERE data->>'organizationId' = ${org} ORDER BY global_position`.execute(db);
+      expect(events.rows).toContainEqual({ event_type: "KeyUsed", name: "used-before-the-hang" });
+    } finally {
+      await nats.close();
+    }
+  }, 30_000);
 });

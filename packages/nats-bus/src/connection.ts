@@ -23,6 +23,12 @@ export type NatsLinkOptions = {
    * subscribers itself.
    */
   noEcho?: boolean;
+  /**
+   * Longest `close` waits for the drain (the server confirming that everything sent has arrived) before it closes
+   * the connection anyway (default 2 s): a hung server never confirms, and shutdown must not wait for the client's
+   * ping timeout (20 s), longer than a process is given to stop.
+   */
+  drainTimeoutMs?: number;
   log?: BusLogger;
 };
 
@@ -180,10 +186,27 @@ export class NatsLink {
     void nc.closed().then(() => this.setState("closed"));
   }
 
+  /** Drains the connection (publishes still buffered are sent), or closes it if the drain takes too long. */
   async close(): Promise<void> {
     const nc = this.nc;
     this.setState("closed");
-    if (nc && !nc.isClosed()) await nc.drain().catch(() => nc.close());
+    if (nc && !nc.isClosed()) {
+      let timer: NodeJS.Timeout | undefined;
+      const drained = await Promise.race([
+        nc.drain().then(
+          () => true,
+          () => false,
+        ),
+        new Promise<false>((resolve) => {
+          timer = setTimeout(() => resolve(false), this.options.drainTimeoutMs ?? 2_000);
+        }),
+      ]);
+      clearTimeout(timer);
+      if (!drained) {
+        this.log.warn({}, "NATS did not confirm the drain in time: connection closed without it");
+        await nc.close().catch(() => {});
+      }
+    }
     await this.firstConnect;
   }
 }

@@ -44,6 +44,12 @@ export type EventRelayOptions = {
    * lock again only once its link is back. Only with `databaseUrl` (the embedded database has one relay).
    */
   handOverAfterMs?: number;
+  /**
+   * Longest `stop` waits for the batch under way (default 1 s). A batch whose acknowledgements do not come (a hung
+   * server: each publish waits `publishTimeoutMs`) is left unacknowledged: its checkpoint is not stored, and the
+   * next active relay publishes it again.
+   */
+  stopTimeoutMs?: number;
   /** Wait after a failed publish or database error before trying again (default 500 ms). */
   retryDelayMs?: number;
   publishTimeoutMs?: number;
@@ -173,13 +179,25 @@ export class EventRelay {
     this.loop = this.run();
   }
 
-  /** Stops publishing and ends the session, which releases the lock for a standby relay. */
+  /**
+   * Stops publishing and ends the session, which releases the lock for a standby relay. Waits for the batch under
+   * way at most `stopTimeoutMs`; the loop then ends by itself once its publishes fail or time out (closing the
+   * NATS link makes them fail at once), storing no checkpoint past what was acknowledged.
+   */
   async stop(): Promise<void> {
     this.running = false;
     this.unsubscribeLink();
     this.unsubscribeNotifications();
     this.wake();
-    await this.loop;
+    let timer: NodeJS.Timeout | undefined;
+    const stopped = await Promise.race([
+      (this.loop ?? Promise.resolve()).then(() => true),
+      new Promise<false>((resolve) => {
+        timer = setTimeout(() => resolve(false), this.options.stopTimeoutMs ?? 1_000);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (!stopped) this.log.warn({ checkpoint: this.checkpointName }, "event relay stopped with a batch unacknowledged");
   }
 
   /** Makes the loop look at the log now (called on NOTIFY and NATS reconnects). */
