@@ -4,8 +4,10 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createPostgresDatabase } from "@keyledger/api";
 import { type Kysely, sql } from "kysely";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { uniqueId } from "../support/api-harness";
+import { createScratchDatabase } from "../support/database";
 import { startNatsServer, testEventStream } from "../support/nats";
 import { startTestIssuer, type TestIssuer } from "../support/oidc-issuer";
 
@@ -221,6 +223,69 @@ describe("SIGTERM", () => {
       expect(events.rows).toContainEqual({ event_type: "KeyUsed", name: "used-before-the-hang" });
     } finally {
       await nats.close();
+    }
+  }, 30_000);
+  it("does not wait for the in-process projector's unit of work: stops accepting, flushes KeyUsed, exits 0", async () => {
+    // A database of its own: the test holds a lock the projector waits for, which must not hold up other files.
+    const scratch = await createScratchDatabase(2);
+    const blocker = new pg.Client({ connectionString: scratch.url });
+    try {
+      const { baseUrl, port } = await startService({ DATABASE_URL: scratch.url });
+      const org = uniqueId("sigterm-projector-org");
+      const owner = uniqueId("sigterm-projector-owner");
+      const member = await fetch(`${baseUrl}/internal/organizations/${org}/members/${owner}`, {
+        method: "PUT",
+        headers: { authorization: `Bearer ${INTERNAL_TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({ role: "owner", permissions: [] }),
+      });
+      expect(member.status).toBe(204);
+      const created = await fetch(`${baseUrl}/api/api-keys`, {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${await issuer.token({ sub: owner })}`,
+          "x-daytona-organization-id": org,
+          "content-type": "application/json",
+        },
+        body: JSON.stringify({ name: "used-while-the-projector-works", permissions: [] }),
+      });
+      expect(created.status).toBe(201);
+      const { value } = (await created.json()) as { value: string };
+
+      // The projector's unit of work takes long (here: it waits for a row lock on its own state, as it would wait
+      // for a rebuild's batch or swap on a large log).
+      await sleep(1_500); // the projector has recorded its state rows
+      await blocker.connect();
+      await blocker.query("BEGIN");
+      await blocker.query("SELECT * FROM projection_state FOR UPDATE");
+      await sleep(1_500); // its next pass (one a second) waits for the lock
+
+      const used = await fetch(`${baseUrl}/api/api-keys/current`, {
+        headers: { authorization: `Bearer ${value}`, connection: "close" },
+      });
+      expect(used.status).toBe(200);
+      const proc = child as ChildProcess;
+      const exit = exited(proc);
+      const signalledAt = Date.now();
+      proc.kill("SIGTERM");
+
+      let refused = false;
+      for (let i = 0; i < 20 && !refused; i++) {
+        refused = await refusesConnections(port);
+        if (!refused) await sleep(50);
+      }
+      expect(refused, "new connections refused within a second of SIGTERM").toBe(true);
+      const { code, signal } = await exit;
+      const tookMs = Date.now() - signalledAt;
+      console.log(`SIGTERM to exit with the projector busy: ${tookMs} ms`);
+      expect({ code, signal }, output.join("").slice(-2000)).toEqual({ code: 0, signal: null });
+      expect(tookMs).toBeLessThan(8_000);
+      const events = await sql<{ event_type: string; name: string }>`
+        SELECT event_type, data->>'name' AS name FROM events
+         WHERE data->>'organizationId' = ${org} ORDER BY global_position`.execute(scratch.db);
+      expect(events.rows).toContainEqual({ event_type: "KeyUsed", name: "used-while-the-projector-works" });
+    } finally {
+      await blocker.end().catch(() => {});
+      await scratch.drop();
     }
   }, 30_000);
 });

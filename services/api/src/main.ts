@@ -7,6 +7,22 @@ import { ConfigError, parseApiConfig } from "./config";
 import { createPostgresDatabase, migrationDatabase } from "./database";
 import { loadDevIssuer } from "./dev-issuer";
 
+/** Longest shutdown waits for the in-process projector's unit of work in progress. */
+const PROJECTOR_STOP_WAIT_MS = 5_000;
+
+/** Resolves true once `projector` has stopped, false if that takes longer than `ms`. */
+async function stoppedWithin(projector: Projector, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const stopped = await Promise.race([
+    projector.stop().then(() => true),
+    new Promise<false>((resolve) => {
+      timer = setTimeout(() => resolve(false), ms);
+    }),
+  ]);
+  clearTimeout(timer);
+  return stopped;
+}
+
 /** The only place that reads the environment. */
 async function main() {
   let config: ReturnType<typeof parseApiConfig>;
@@ -100,16 +116,27 @@ async function main() {
     app.log.warn("INTERNAL_API_TOKEN is not set: the internal membership routes are off");
   }
   // SIGTERM/SIGINT: stop accepting, finish in-flight requests, flush pending KeyUsed (the app's onClose), close
-  // the pool, exit 0; past 10 s, or on an uncaught error, exit 1.
+  // the pool, exit 0; past 10 s, or on an uncaught error, exit 1. The projector stops meanwhile, not first: its unit
+  // of work in progress (a rebuild's batch or swap can take long on a large log) must not keep the server accepting
+  // nor the requests waiting. Each unit is one transaction that stores its own progress, so one still running after
+  // PROJECTOR_STOP_WAIT_MS is left to Postgres to roll back when the process exits, and the next projector resumes.
   closeWithGrace(
     { delay: 10_000, logger: { error: (message: unknown) => app.log.error(message) } },
     async ({ signal, err }) => {
       if (err) app.log.error({ err }, "uncaught error: shutting down");
       else app.log.info({ signal }, "shutting down");
-      await projector?.stop();
+      const projectorStopped = projector ? stoppedWithin(projector, PROJECTOR_STOP_WAIT_MS) : Promise.resolve(true);
       await app.close();
+      const stopped = await projectorStopped;
+      if (!stopped) {
+        app.log.warn(
+          { waitedMs: PROJECTOR_STOP_WAIT_MS },
+          "the projector's unit of work in progress did not finish: left to roll back (the next projector resumes it)",
+        );
+      }
       await notifications?.close();
-      if (projectorDb !== db) await projectorDb.destroy();
+      // A pool with a query still running would wait for it: the process exit closes that connection instead.
+      if (projectorDb !== db && stopped) await projectorDb.destroy();
       await db.destroy();
     },
   );
