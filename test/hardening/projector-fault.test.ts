@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { verifyLog } from "@keyledger/audit-log";
 import { type Kysely, sql } from "kysely";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createScratchDatabase, type ScratchDatabase } from "../support/database";
 import { writeKeyHistory } from "../support/key-history";
@@ -89,5 +90,45 @@ describe("projector: Postgres faults", () => {
     proc.kill("SIGTERM");
     await until("exit", async () => (exitCode !== undefined ? true : undefined), 15_000);
     expect(exitCode).toBe(0);
+  });
+  it("on SIGTERM, leaves a unit of work that does not finish to roll back, and exits 0 within seconds", async () => {
+    const blocker = new pg.Client({ connectionString: scratch.url });
+    const output: string[] = [];
+    const proc = spawn(process.execPath, ["--import", "tsx", MAIN], {
+      cwd: ROOT,
+      env: {
+        ...process.env,
+        DATABASE_URL: scratch.url,
+        PORT: "0",
+        PROJECTOR_POLL_INTERVAL_MS: "50",
+        LOG_LEVEL: "info",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    child = proc;
+    proc.stdout?.on("data", (chunk) => output.push(chunk.toString()));
+    proc.stderr?.on("data", (chunk) => output.push(chunk.toString()));
+    const exit = new Promise<number | null>((resolve) => proc.once("exit", (code) => resolve(code)));
+    try {
+      await until("the projector started", async () =>
+        output.join("").includes("projector started") ? true : undefined,
+      );
+      // Its unit of work takes long: here it waits for a row lock on its own state (as a rebuild's batch or swap
+      // can run for long on a large log).
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      await blocker.connect();
+      await blocker.query("BEGIN");
+      await blocker.query("SELECT * FROM projection_state FOR UPDATE");
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const signalledAt = Date.now();
+      proc.kill("SIGTERM");
+      const code = await exit;
+      const tookMs = Date.now() - signalledAt;
+      expect(code, output.join("").slice(-1500)).toBe(0);
+      expect(tookMs).toBeLessThan(8_000);
+      expect(output.join("")).toContain("did not finish: left to roll back");
+    } finally {
+      await blocker.end().catch(() => {});
+    }
   });
 });

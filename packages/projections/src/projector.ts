@@ -87,13 +87,26 @@ export class Projector {
     this.wakeUp?.();
   }
 
-  /** Finishes the unit of work in progress, then stops. */
-  async stop(): Promise<void> {
+  /**
+   * Finishes the unit of work in progress, then stops; resolves true. With `waitMs`, resolves false if that unit
+   * is still running after that long (a rebuild's batch or swap on a large log): a process shutting down may then
+   * exit, and Postgres rolls the unit back (it stores its own progress, so the next projector resumes it).
+   */
+  async stop(options: { waitMs?: number } = {}): Promise<boolean> {
     this.stopping = true;
     this.unsubscribe?.();
     this.wake();
-    await this.running;
-    this.running = undefined;
+    const running = this.running ?? Promise.resolve();
+    let timer: NodeJS.Timeout | undefined;
+    const stopped = await Promise.race([
+      running.then(() => true),
+      ...(options.waitMs === undefined
+        ? []
+        : [new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), options.waitMs)))]),
+    ]);
+    clearTimeout(timer);
+    if (stopped) this.running = undefined;
+    return stopped;
   }
 
   /** One pass: seal what committed, mark inline projections current, advance rebuilds for a while. */

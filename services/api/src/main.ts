@@ -10,19 +10,6 @@ import { loadDevIssuer } from "./dev-issuer";
 /** Longest shutdown waits for the in-process projector's unit of work in progress. */
 const PROJECTOR_STOP_WAIT_MS = 5_000;
 
-/** Resolves true once `projector` has stopped, false if that takes longer than `ms`. */
-async function stoppedWithin(projector: Projector, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const stopped = await Promise.race([
-    projector.stop().then(() => true),
-    new Promise<false>((resolve) => {
-      timer = setTimeout(() => resolve(false), ms);
-    }),
-  ]);
-  clearTimeout(timer);
-  return stopped;
-}
-
 /** The only place that reads the environment. */
 async function main() {
   let config: ReturnType<typeof parseApiConfig>;
@@ -125,7 +112,7 @@ async function main() {
     async ({ signal, err }) => {
       if (err) app.log.error({ err }, "uncaught error: shutting down");
       else app.log.info({ signal }, "shutting down");
-      const projectorStopped = projector ? stoppedWithin(projector, PROJECTOR_STOP_WAIT_MS) : Promise.resolve(true);
+      const projectorStopped = projector?.stop({ waitMs: PROJECTOR_STOP_WAIT_MS }) ?? Promise.resolve(true);
       await app.close();
       const stopped = await projectorStopped;
       if (!stopped) {

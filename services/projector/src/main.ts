@@ -6,6 +6,9 @@ import pino from "pino";
 import { ProjectorConfigError, parseProjectorConfig } from "./config";
 import { startHealthServer } from "./health-server";
 
+/** Longest SIGTERM/SIGINT waits for the unit of work in progress (a rebuild's batch or swap can take long). */
+const STOP_WAIT_MS = 5_000;
+
 /** The standalone projector (`pnpm run start:projector`). The only place that reads the environment. */
 async function main() {
   let config: ReturnType<typeof parseProjectorConfig>;
@@ -52,9 +55,17 @@ async function main() {
     const timer = setTimeout(() => process.exit(1), 10_000);
     timer.unref();
     await health.close();
-    await projector.stop();
+    // A unit of work still running after this is rolled back as the process exits; the next projector resumes it.
+    const stopped = await projector.stop({ waitMs: STOP_WAIT_MS });
+    if (!stopped) {
+      log.warn(
+        { waitedMs: STOP_WAIT_MS },
+        "the unit of work in progress did not finish: left to roll back (the next projector resumes it)",
+      );
+    }
     await notifications.close();
-    await db.destroy();
+    // A pool with a query still running would wait for it: the process exit closes that connection instead.
+    if (stopped) await db.destroy();
     process.exit(0);
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
