@@ -95,6 +95,7 @@ describe("membership changes from the organizations service over NATS", () => {
       subject: `${config.subjectPrefix}.${org}.members.${user}.updated`,
       messageId: `redelivered-${org}`,
       data: new TextEncoder().encode(JSON.stringify({ role: "member", permissions: [] })),
+      position: { stream: `test-${org}`, sequence: 1 },
     };
     const commands = new KeyCommands(api.db);
     const first = await applyMembershipMessage(commands, config.subjectPrefix, message);
@@ -153,6 +154,7 @@ describe("membership changes from the organizations service over NATS", () => {
         subject,
         messageId: `bad-${randomBytes(4).toString("hex")}`,
         data: new TextEncoder().encode(body),
+        position: { stream: `test-${org}`, sequence: 1 },
       });
       expect(outcome.status, subject).toBe("rejected");
     }

@@ -26,11 +26,22 @@ export type MembershipConsumerConfig = {
   durableName: string;
 };
 
-export type MembershipMessage = { subject: string; messageId: string; data: Uint8Array };
+/**
+ * One message as the consumer received it. `position` is its place in the stream (`stream` names the stream and
+ * when it was created, `sequence` is the stream sequence): for each member, the stream's order is the order of the
+ * changes, and a message at or before the newest one applied for that member changes nothing.
+ */
+export type MembershipMessage = {
+  subject: string;
+  messageId: string;
+  data: Uint8Array;
+  position: { stream: string; sequence: number };
+};
 
 export type MembershipOutcome =
   | { status: "applied"; revokedKeys: string[] }
   | { status: "duplicate" }
+  | { status: "stale" }
   | { status: "rejected"; reason: string };
 
 const STREAM_NOT_FOUND = 10059;
@@ -44,7 +55,7 @@ export function membershipSubjectFilter(prefix: string): string {
 /** Parses one message into a membership command, or the reason it can never be applied. */
 export function parseMembershipMessage(
   prefix: string,
-  message: MembershipMessage,
+  message: Pick<MembershipMessage, "subject" | "data">,
   now: Date,
 ): { command: MemberCommand } | { reason: string } {
   const tokens = message.subject.split(".");
@@ -78,8 +89,9 @@ export function parseMembershipMessage(
 }
 
 /**
- * Applies one membership message with the same rules as the internal HTTP routes. The message id is recorded in
- * the applying transaction, so a redelivered message changes nothing.
+ * Applies one membership message with the same rules as the internal HTTP routes. The message id and the member's
+ * newest stream position are recorded in the applying transaction, so a redelivered message, or one older than a
+ * change already applied for the member, changes nothing.
  */
 export async function applyMembershipMessage(
   commands: KeyCommands,
@@ -100,9 +112,11 @@ export async function applyMembershipMessage(
         requestId: message.messageId,
       },
     },
-    { messageId: message.messageId, subject: message.subject },
+    { messageId: message.messageId, subject: message.subject, position: message.position },
   );
-  return result.duplicate ? { status: "duplicate" } : { status: "applied", revokedKeys: result.revokedKeys };
+  if (result.duplicate) return { status: "duplicate" };
+  if (result.stale) return { status: "stale" };
+  return { status: "applied", revokedKeys: result.revokedKeys };
 }
 
 /** Finds the stream that captures the membership subjects, creating `streamName` if none does. */
@@ -157,16 +171,29 @@ export async function startMembershipConsumer(
 ): Promise<{ stop(): Promise<void> }> {
   const stream = await ensureMembershipStream(nc, config);
   await ensureDurableConsumer(nc, stream, config);
+  // A stream deleted and created again restarts its sequences: its creation time tells the two apart.
+  const streamIncarnation = `${stream}@${(await (await jetstreamManager(nc)).streams.info(stream)).created}`;
   const consumer = await jetstream(nc).consumers.get(stream, config.durableName);
   const messages: ConsumerMessages = await consumer.consume({ max_messages: 64 });
   const done = (async () => {
     for await (const message of messages) {
-      const input = { subject: message.subject, messageId: messageIdOf(message), data: message.data };
+      const input = {
+        subject: message.subject,
+        messageId: messageIdOf(message),
+        data: message.data,
+        position: { stream: streamIncarnation, sequence: message.seq },
+      };
       try {
         const outcome = await applyMembershipMessage(commands, config.subjectPrefix, input);
         if (outcome.status === "rejected") {
           log.warn({ subject: message.subject, reason: outcome.reason }, "membership message rejected");
           message.term();
+        } else if (outcome.status === "stale") {
+          log.warn(
+            { subject: message.subject, streamSequence: message.seq },
+            "membership message older than the member's newest applied one; ignored",
+          );
+          message.ack();
         } else {
           log.info({ subject: message.subject, outcome: outcome.status }, "membership message applied");
           message.ack();

@@ -3,7 +3,7 @@ import { parseMembershipMessage } from "../src/membership-consumer";
 
 const now = new Date("2030-01-01T00:00:00Z");
 const data = new TextEncoder().encode(JSON.stringify({ role: "member", permissions: ["read:volumes"] }));
-const parse = (subject: string) => parseMembershipMessage("organizations", { subject, messageId: "m-1", data }, now);
+const parse = (subject: string) => parseMembershipMessage("organizations", { subject, data }, now);
 
 describe("parseMembershipMessage", () => {
   it("turns <prefix>.<org>.members.<user>.updated into ChangeMemberAccess", () => {

@@ -50,6 +50,16 @@ import { NewKeyBatches } from "./new-key-batches";
 
 const MAX_ATTEMPTS = 5;
 
+/**
+ * A membership message from the organizations service: its idempotency key, and its place in the stream it came
+ * from (`stream` names one incarnation of the stream: a stream created again restarts its sequences).
+ */
+export type MembershipInboxMessage = {
+  messageId: string;
+  subject: string;
+  position: { stream: string; sequence: number };
+};
+
 /** Called after a command's transaction commits, with the events it appended (e.g. to publish them). */
 export type OnCommitted = (events: RecordedEvent[]) => void;
 
@@ -480,26 +490,37 @@ export class KeyCommands {
   /**
    * Sets or removes a member's access and, in the same transaction, revokes every live key of theirs in the
    * organization that the new access no longer covers. With `inbox`, the message id is recorded in the same
-   * transaction and a message already processed changes nothing.
+   * transaction and a message already processed changes nothing (`duplicate`); so does a message at or before the
+   * member's newest applied one of the same stream (`stale`: redelivered, or applied late by another replica).
    */
   changeMember(
     command: MemberCommand,
     context: CommandContext,
-    inbox?: { messageId: string; subject: string },
-  ): Promise<{ revokedKeys: string[]; duplicate: boolean }> {
+    inbox?: MembershipInboxMessage,
+  ): Promise<{ revokedKeys: string[]; duplicate: boolean; stale: boolean }> {
     return this.run(async (trx, appended) => {
       const { organizationId, userId } = command.data;
       if (inbox) {
         const fresh = await sql`
           INSERT INTO inbox (message_id, subject) VALUES (${inbox.messageId}, ${inbox.subject})
           ON CONFLICT (message_id) DO NOTHING RETURNING message_id`.execute(trx);
-        if (fresh.rows.length === 0) return { revokedKeys: [], duplicate: true };
+        if (fresh.rows.length === 0) return { revokedKeys: [], duplicate: true, stale: false };
+        // Takes the member's position row lock: a concurrent message of the same member waits, then compares with
+        // the position this one committed.
+        const newest = await sql`
+          INSERT INTO membership_message_positions AS p (organization_id, user_id, stream, stream_sequence)
+          VALUES (${organizationId}, ${userId}, ${inbox.position.stream}, ${inbox.position.sequence})
+          ON CONFLICT (organization_id, user_id) DO UPDATE
+            SET stream = EXCLUDED.stream, stream_sequence = EXCLUDED.stream_sequence, applied_at = now()
+            WHERE p.stream <> EXCLUDED.stream OR p.stream_sequence < EXCLUDED.stream_sequence
+          RETURNING 1 AS newest`.execute(trx);
+        if (newest.rows.length === 0) return { revokedKeys: [], duplicate: false, stale: true };
       }
       await findMember(trx, organizationId, userId, "update");
       const streamId = memberStreamId(organizationId, userId);
       const { state, version } = await loadMember(trx, streamId);
       const events = decideMember(command, state);
-      if (events.length === 0) return { revokedKeys: [], duplicate: false };
+      if (events.length === 0) return { revokedKeys: [], duplicate: false, stale: false };
       await this.append(trx, appended, streamId, version, events, context);
       const after = events.reduce(evolveMember, state);
       const liveKeys = await (trx as unknown as Kysely<ReadModelTables>)
@@ -522,7 +543,7 @@ export class KeyCommands {
         );
         revokedKeys.push(key.name);
       }
-      return { revokedKeys, duplicate: false };
+      return { revokedKeys, duplicate: false, stale: false };
     });
   }
 }
