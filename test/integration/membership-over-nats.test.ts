@@ -161,6 +161,46 @@ describe("membership changes from the organizations service over NATS", () => {
     expect(await status(keys.sandboxes)).toBe(200);
   });
 
+  it("a message id the inbox cannot store does not make the message redelivered forever: it is applied once", async () => {
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    const keys = await memberWithKeys(org, user);
+    const h = headers();
+    // Random text longer than a btree entry can hold: the inbox insert fails the same way at every delivery.
+    h.set("Nats-Msg-Id", randomBytes(6_000).toString("base64"));
+    const poison = await jetstream(nc).publish(`${config.subjectPrefix}.${org}.members.${user}.removed`, "", {
+      headers: h,
+    });
+    const jsm = await jetstreamManager(nc);
+    const info = await eventually(
+      () => jsm.consumers.info(config.streamName, config.durableName),
+      (i) => i.ack_floor.stream_seq >= poison.seq && i.num_ack_pending === 0,
+      5_000,
+    );
+    expect(info.ack_floor.stream_seq).toBeGreaterThanOrEqual(poison.seq);
+    expect(info.num_redelivered).toBe(0);
+    expect(await status(keys.sandboxes)).toBe(401);
+    expect(await status(keys.volumes)).toBe(401);
+    await api.setMember(org, user, "member", ["read:volumes"]);
+    const outcome = await applyMembershipMessage(new KeyCommands(api.db), config.subjectPrefix, {
+      subject: `${config.subjectPrefix}.${org}.members.${user}.removed`,
+      messageId: "nul\u0000id",
+      data: new Uint8Array(),
+      position: { stream: `test-${org}`, sequence: 1 },
+    });
+    expect(outcome).toEqual({
+      status: "rejected",
+      reason: "message id must be 1-255 characters with no control characters",
+    });
+    expect(
+      (
+        await sql`SELECT 1 FROM organization_members WHERE organization_id = ${org} AND user_id = ${user}`.execute(
+          api.db,
+        )
+      ).rows,
+    ).toHaveLength(1);
+  });
+
   it("owners demoted to member keep only keys within the new permissions", async () => {
     const org = uniqueId("org");
     const owner = uniqueId("owner");

@@ -98,6 +98,9 @@ export async function applyMembershipMessage(
   prefix: string,
   message: MembershipMessage,
 ): Promise<MembershipOutcome> {
+  if (!isStorableIdentifier(message.messageId)) {
+    return { status: "rejected", reason: "message id must be 1-255 characters with no control characters" };
+  }
   const now = new Date();
   const parsed = parseMembershipMessage(prefix, message, now);
   if ("reason" in parsed) return { status: "rejected", reason: parsed.reason };
@@ -155,8 +158,14 @@ async function ensureDurableConsumer(nc: NatsConnection, stream: string, config:
   }
 }
 
+/**
+ * The message's idempotency key: its `Nats-Msg-Id`, or its stream position when it has none, or one the inbox
+ * cannot store (over 255 characters, control characters): such an id failed the insert at every delivery, so the
+ * message was redelivered forever and never applied.
+ */
 function messageIdOf(message: JsMsg): string {
-  return message.headers?.get("Nats-Msg-Id") || `${message.info.stream}:${message.seq}`;
+  const header = message.headers?.get("Nats-Msg-Id");
+  return header && isStorableIdentifier(header) ? header : `${message.info.stream}:${message.seq}`;
 }
 
 /**
