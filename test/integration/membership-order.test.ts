@@ -150,3 +150,58 @@ describe("membership messages applied out of order", () => {
     expect(await memberRow(org, user)).toBeUndefined();
   });
 });
+
+describe("membership messages after the stream is created again", () => {
+  const suffix = randomBytes(4).toString("hex");
+  const config = {
+    subjectPrefix: `kltest_again_${suffix}`,
+    streamName: `KLTEST_AGAIN_${suffix}`,
+    durableName: "keyledger-membership",
+  };
+  let api: RunningApi;
+  let nc: NatsConnection;
+
+  beforeAll(async () => {
+    api = await startApi();
+    nc = await connect({ servers: NATS_URL });
+  });
+  afterAll(async () => {
+    await (await jetstreamManager(nc)).streams.delete(config.streamName).catch(() => {});
+    await nc?.close();
+    await api?.close();
+  });
+
+  async function consumeUntilAcked(subject: string, body: string) {
+    const consumer = await startMembershipConsumer(nc, new KeyCommands(api.db), config, api.app.log);
+    try {
+      // Without Nats-Msg-Id: the consumer keys the message by its stream position.
+      const published = await jetstream(nc).publish(`${config.subjectPrefix}.${subject}`, body);
+      const jsm = await jetstreamManager(nc);
+      const deadline = Date.now() + 15_000;
+      for (;;) {
+        const info = await jsm.consumers.info(config.streamName, config.durableName);
+        if (info.ack_floor.stream_seq >= published.seq && info.num_ack_pending === 0) return published.seq;
+        if (Date.now() > deadline) throw new Error("message not acknowledged");
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    } finally {
+      await consumer.stop();
+    }
+  }
+
+  it("a removal at a sequence the old stream used is applied, not taken for that old message", async () => {
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    const first = await consumeUntilAcked(
+      `${org}.members.${user}.updated`,
+      JSON.stringify({ role: "member", permissions: ["read:volumes"] }),
+    );
+    expect(first).toBe(1);
+    await (await jetstreamManager(nc)).streams.delete(config.streamName);
+    const again = await consumeUntilAcked(`${org}.members.${user}.removed`, "");
+    expect(again).toBe(1);
+    const member = await sql`
+      SELECT 1 FROM organization_members WHERE organization_id = ${org} AND user_id = ${user}`.execute(api.db);
+    expect(member.rows).toEqual([]);
+  });
+});

@@ -161,11 +161,12 @@ async function ensureDurableConsumer(nc: NatsConnection, stream: string, config:
 /**
  * The message's idempotency key: its `Nats-Msg-Id`, or its stream position when it has none, or one the inbox
  * cannot store (over 255 characters, control characters): such an id failed the insert at every delivery, so the
- * message was redelivered forever and never applied.
+ * message was redelivered forever and never applied. The position names the stream's incarnation: a stream created
+ * again restarts its sequences, and its messages must not be taken for the old stream's.
  */
-function messageIdOf(message: JsMsg): string {
+function messageIdOf(message: JsMsg, streamIncarnation: string): string {
   const header = message.headers?.get("Nats-Msg-Id");
-  return header && isStorableIdentifier(header) ? header : `${message.info.stream}:${message.seq}`;
+  return header && isStorableIdentifier(header) ? header : `${streamIncarnation}:${message.seq}`;
 }
 
 /**
@@ -188,7 +189,7 @@ export async function startMembershipConsumer(
     for await (const message of messages) {
       const input = {
         subject: message.subject,
-        messageId: messageIdOf(message),
+        messageId: messageIdOf(message, streamIncarnation),
         data: message.data,
         position: { stream: streamIncarnation, sequence: message.seq },
       };
