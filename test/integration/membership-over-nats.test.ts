@@ -145,8 +145,9 @@ describe("membership changes from the organizations service over NATS", () => {
       [`${config.subjectPrefix}.${org}.members.${user}.updated`, JSON.stringify({ role: "admin", permissions: [] })],
       [
         `${config.subjectPrefix}.${org}.members.${user}.updated`,
-        JSON.stringify({ role: "member", permissions: ["x"] }),
+        JSON.stringify({ role: "member", permissions: ["read:volumes", 7] }),
       ],
+      [`${config.subjectPrefix}.${org}.members.${user}.updated`, JSON.stringify({ role: "member" })],
       [`${config.subjectPrefix}.${org}.members.${user}.promoted`, "{}"],
       [`${config.subjectPrefix}.${org}.teams.${user}.updated`, "{}"],
     ] as const) {
@@ -159,6 +160,30 @@ describe("membership changes from the organizations service over NATS", () => {
       expect(outcome.status, subject).toBe("rejected");
     }
     expect(await status(keys.sandboxes)).toBe(200);
+  });
+
+  it("a permission this version does not know grants nothing: the rest of the change applies, a downgrade included", async () => {
+    const org = uniqueId("org");
+    const user = uniqueId("user");
+    const keys = await memberWithKeys(org, user);
+    // Write access taken away in a message that also names a permission of a newer organizations service: refusing
+    // the whole message would leave the member's write access (and its key) in place.
+    const outcome = await applyMembershipMessage(new KeyCommands(api.db), config.subjectPrefix, {
+      subject: `${config.subjectPrefix}.${org}.members.${user}.updated`,
+      messageId: `newer-${randomBytes(4).toString("hex")}`,
+      data: new TextEncoder().encode(
+        JSON.stringify({ role: "member", permissions: ["read:volumes", "write:rockets"] }),
+      ),
+      position: { stream: `test-${org}`, sequence: 1 },
+    });
+    expect(outcome).toEqual({ status: "applied", revokedKeys: ["sandboxes"], unknownPermissions: ["write:rockets"] });
+    expect(await status(keys.sandboxes)).toBe(401);
+    expect(await status(keys.volumes)).toBe(200);
+    const member = await sql<{ permissions: string[] }>`
+      SELECT permissions FROM organization_members WHERE organization_id = ${org} AND user_id = ${user}`.execute(
+      api.db,
+    );
+    expect(member.rows[0]?.permissions).toEqual(["read:volumes"]);
   });
 
   it("a message id the inbox cannot store does not make the message redelivered forever: it is applied once", async () => {

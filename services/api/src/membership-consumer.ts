@@ -1,4 +1,4 @@
-import { isMemberRole, isPermission, type MemberCommand, type Permission } from "@keyledger/domain";
+import { isMemberRole, isPermission, type MemberCommand } from "@keyledger/domain";
 import {
   AckPolicy,
   type ConsumerMessages,
@@ -39,7 +39,7 @@ export type MembershipMessage = {
 };
 
 export type MembershipOutcome =
-  | { status: "applied"; revokedKeys: string[] }
+  | { status: "applied"; revokedKeys: string[]; unknownPermissions?: string[] }
   | { status: "duplicate" }
   | { status: "stale" }
   | { status: "rejected"; reason: string };
@@ -57,7 +57,7 @@ export function parseMembershipMessage(
   prefix: string,
   message: Pick<MembershipMessage, "subject" | "data">,
   now: Date,
-): { command: MemberCommand } | { reason: string } {
+): { command: MemberCommand; unknownPermissions?: string[] } | { reason: string } {
   const tokens = message.subject.split(".");
   const prefixTokens = prefix.split(".").length;
   const [organizationId, members, userId, action] = tokens.slice(prefixTokens);
@@ -77,14 +77,17 @@ export function parseMembershipMessage(
   }
   const { role, permissions } = (payload ?? {}) as { role?: unknown; permissions?: unknown };
   if (!isMemberRole(role)) return { reason: "role must be owner or member" };
-  if (!Array.isArray(permissions) || !permissions.every(isPermission)) {
-    return { reason: "permissions must be an array of known permissions" };
+  if (!Array.isArray(permissions) || !permissions.every((permission) => typeof permission === "string")) {
+    return { reason: "permissions must be an array of permission names" };
   }
+  // A permission this version does not know (the organizations service is newer) grants nothing here: the change
+  // is applied with the known ones. Refusing the whole message would leave the member's previous access in place,
+  // and a message taking permissions away (revoking keys) would then take nothing away.
+  const known = permissions.filter(isPermission);
+  const unknownPermissions = permissions.filter((permission) => !isPermission(permission));
   return {
-    command: {
-      type: "ChangeMemberAccess",
-      data: { organizationId, userId, role, permissions: permissions as Permission[], now },
-    },
+    command: { type: "ChangeMemberAccess", data: { organizationId, userId, role, permissions: known, now } },
+    ...(unknownPermissions.length > 0 ? { unknownPermissions } : {}),
   };
 }
 
@@ -119,7 +122,9 @@ export async function applyMembershipMessage(
   );
   if (result.duplicate) return { status: "duplicate" };
   if (result.stale) return { status: "stale" };
-  return { status: "applied", revokedKeys: result.revokedKeys };
+  return parsed.unknownPermissions === undefined
+    ? { status: "applied", revokedKeys: result.revokedKeys }
+    : { status: "applied", revokedKeys: result.revokedKeys, unknownPermissions: parsed.unknownPermissions };
 }
 
 /** Finds the stream that captures the membership subjects, creating `streamName` if none does. */
@@ -205,6 +210,16 @@ export async function startMembershipConsumer(
           );
           message.ack();
         } else {
+          if (outcome.status === "applied" && outcome.unknownPermissions !== undefined) {
+            log.warn(
+              {
+                subject: message.subject,
+                unknownPermissions: outcome.unknownPermissions.slice(0, 10).map((name) => name.slice(0, 64)),
+                unknownCount: outcome.unknownPermissions.length,
+              },
+              "membership message names permissions this version does not know: applied with the known ones",
+            );
+          }
           log.info({ subject: message.subject, outcome: outcome.status }, "membership message applied");
           message.ack();
         }

@@ -18,6 +18,29 @@ describe("parseMembershipMessage", () => {
     });
   });
 
+  it("keeps the known permissions of an update and names the others; refuses entries that are not names", () => {
+    const update = (payload: unknown) =>
+      parseMembershipMessage(
+        "organizations",
+        { subject: "organizations.acme.members.bob.updated", data: new TextEncoder().encode(JSON.stringify(payload)) },
+        now,
+      );
+    expect(update({ role: "member", permissions: ["read:volumes", "fly:rockets", "read:volumes2"] })).toEqual({
+      command: {
+        type: "ChangeMemberAccess",
+        data: { organizationId: "acme", userId: "bob", role: "member", permissions: ["read:volumes"], now },
+      },
+      unknownPermissions: ["fly:rockets", "read:volumes2"],
+    });
+    for (const payload of [{ role: "member", permissions: ["read:volumes", null] }, { role: "member" }, null]) {
+      expect(update(payload)).toEqual({
+        reason: expect.stringMatching(
+          /^(permissions must be an array of permission names|role must be owner or member)$/,
+        ),
+      });
+    }
+  });
+
   it("gives a reason, and no command, for ids that cannot be stored", () => {
     for (const subject of [
       "organizations.acme.members.nul\u0000.updated",
