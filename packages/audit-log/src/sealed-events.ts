@@ -10,9 +10,12 @@ export type AuditEvent = {
   occurredAt: string;
   actor: { userId: string | null; authMethod: string | null; requestId: string | null };
   stream: { id: string; version: number };
-  data: Record<string, unknown>;
+  /** A JSON object, except on a log changed in the database (see `damaged`): then whatever the row holds. */
+  data: unknown;
   /** The event's hash in the chain (see `pnpm keyledger verify-log`). */
   hash: string;
+  /** Present only when the stored event cannot be as written (`damageOf`): what is wrong with it. */
+  damaged?: string;
 };
 
 const CURSOR_PREFIX = "kl1:";
@@ -44,6 +47,40 @@ export function withoutHashes(value: unknown): unknown {
   return result;
 }
 
+function describeJson(value: unknown): string {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  return `a ${typeof value}`;
+}
+
+const isJsonObject = (value: unknown): value is Record<string, unknown> =>
+  value !== null && typeof value === "object" && !Array.isArray(value);
+
+/**
+ * What is wrong with a stored event whose `data` or `metadata` is not a JSON object (every event is written with
+ * both as objects, so the row was changed in the database), or undefined. Readers of the log serve such an event
+ * as it is stored, flagged with this, rather than fail or leave it out; `verify-log` tells what else changed.
+ */
+export function damageOf(event: { data: unknown; metadata: unknown }): string | undefined {
+  const wrong = [
+    isJsonObject(event.data) ? undefined : `data is ${describeJson(event.data)}`,
+    isJsonObject(event.metadata) ? undefined : `metadata is ${describeJson(event.metadata)}`,
+  ].filter((part) => part !== undefined);
+  if (wrong.length === 0) return undefined;
+  return `${wrong.join(" and ")}, not a JSON object: the event was changed in the database (run \`pnpm keyledger verify-log\`)`;
+}
+
+/** Who an event's metadata says acted; nulls where it does not say (or is not an object: a damaged event). */
+export function actorOf(metadata: unknown): {
+  userId: string | null;
+  authMethod: string | null;
+  requestId: string | null;
+} {
+  const record = isJsonObject(metadata) ? metadata : {};
+  const text = (value: unknown) => (typeof value === "string" ? value : null);
+  return { userId: text(record.actorUserId), authMethod: text(record.authMethod), requestId: text(record.requestId) };
+}
+
 type Row = {
   chain_index: string;
   hash: string;
@@ -52,8 +89,8 @@ type Row = {
   stream_id: string;
   stream_version: number;
   event_type: string;
-  data: Record<string, unknown>;
-  metadata: { actorUserId?: string | null; authMethod?: string | null; requestId?: string | null };
+  data: unknown;
+  metadata: unknown;
   occurred_at: Date;
 };
 
@@ -77,19 +114,19 @@ export async function listOrganizationEvents(
                 ELSE '' END = ${options.organizationId}
      ORDER BY s.chain_index
      LIMIT ${options.limit}`.execute(db);
-  return result.rows.map((row) => ({
-    cursor: encodeCursor(row.chain_index),
-    position: row.global_position,
-    eventId: row.event_id,
-    type: row.event_type,
-    occurredAt: row.occurred_at.toISOString(),
-    actor: {
-      userId: row.metadata.actorUserId ?? null,
-      authMethod: row.metadata.authMethod ?? null,
-      requestId: row.metadata.requestId ?? null,
-    },
-    stream: { id: row.stream_id, version: row.stream_version },
-    data: withoutHashes(row.data) as Record<string, unknown>,
-    hash: row.hash,
-  }));
+  return result.rows.map((row) => {
+    const damaged = damageOf(row);
+    return {
+      cursor: encodeCursor(row.chain_index),
+      position: row.global_position,
+      eventId: row.event_id,
+      type: row.event_type,
+      occurredAt: row.occurred_at.toISOString(),
+      actor: actorOf(row.metadata),
+      stream: { id: row.stream_id, version: row.stream_version },
+      data: withoutHashes(row.data),
+      hash: row.hash,
+      ...(damaged === undefined ? {} : { damaged }),
+    };
+  });
 }

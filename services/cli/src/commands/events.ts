@@ -1,4 +1,4 @@
-import { organizationOf, withoutHashes } from "@keyledger/audit-log";
+import { actorOf, damageOf, organizationOf, withoutHashes } from "@keyledger/audit-log";
 import {
   checkpointOf,
   hasEventsAfter,
@@ -18,9 +18,11 @@ export type TailedEvent = {
   organizationId: string;
   type: string;
   occurredAt: string;
-  actor: { userId: string | null; authMethod: string };
+  actor: { userId: string | null; authMethod: string | null };
   stream: { id: string; version: number };
   data: unknown;
+  /** Present only when the event's data or metadata is not a JSON object (`damageOf`): printed as stored. */
+  damaged?: string;
 };
 
 export type TailOptions = {
@@ -68,14 +70,17 @@ export function committedBefore(snapshot: string, xid: string): boolean {
 }
 
 function tailed(event: RecordedEvent): TailedEvent {
+  const { userId, authMethod } = actorOf(event.metadata);
+  const damaged = damageOf(event);
   return {
     position: event.globalPosition,
     organizationId: organizationOf(event),
     type: event.type,
     occurredAt: event.occurredAt.toISOString(),
-    actor: { userId: event.metadata.actorUserId, authMethod: event.metadata.authMethod },
+    actor: { userId, authMethod },
     stream: { id: event.streamId, version: event.streamVersion },
     data: withoutHashes(event.data),
+    ...(damaged === undefined ? {} : { damaged }),
   };
 }
 
@@ -122,10 +127,12 @@ export async function tailEvents(options: TailOptions): Promise<void> {
 }
 
 export function formatTailed(event: TailedEvent): string {
-  const actor = event.actor.userId ? `${event.actor.userId} (${event.actor.authMethod})` : event.actor.authMethod;
+  const method = event.actor.authMethod ?? "unknown";
+  const actor = event.actor.userId ? `${event.actor.userId} (${method})` : method;
   return (
     `${event.occurredAt}  #${event.position}  ${event.organizationId}  ${event.type}  ` +
-    `${event.stream.id} v${event.stream.version}  by ${actor}  ${JSON.stringify(event.data)}`
+    `${event.stream.id} v${event.stream.version}  by ${actor}  ${JSON.stringify(event.data)}` +
+    (event.damaged === undefined ? "" : `  DAMAGED: ${event.damaged}`)
   );
 }
 

@@ -1,6 +1,12 @@
 import { once } from "node:events";
 import type { ServerResponse } from "node:http";
-import { decodeCursor, encodeCursor, listOrganizationEvents, SEALED_CHANNEL } from "@keyledger/audit-log";
+import {
+  type AuditEvent,
+  decodeCursor,
+  encodeCursor,
+  listOrganizationEvents,
+  SEALED_CHANNEL,
+} from "@keyledger/audit-log";
 import type { NotificationSource } from "@keyledger/projections";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { decodeJwt } from "jose";
@@ -79,6 +85,15 @@ function streamAccessCheck(db: Kysely<unknown>, request: FastifyRequest, auth: A
   };
 }
 
+/** Events changed in the database are served as stored (flagged `damaged`); the operator hears of them too. */
+function warnOfDamage(request: FastifyRequest, items: readonly AuditEvent[]) {
+  for (const item of items) {
+    if (item.damaged !== undefined) {
+      request.log.warn({ position: item.position, damaged: item.damaged }, "served an event changed in the database");
+    }
+  }
+}
+
 function wantsEventStream(request: FastifyRequest): boolean {
   const accept = request.headers.accept;
   return typeof accept === "string" && accept.toLowerCase().includes("text/event-stream");
@@ -141,6 +156,7 @@ export default async function apiKeyEventRoutes(app: FastifyInstance, options: A
         limit: limit + 1,
       });
       const items = rows.slice(0, limit);
+      warnOfDamage(request, items);
       return {
         items,
         nextCursor: items[items.length - 1]?.cursor ?? encodeCursor(after),
@@ -197,6 +213,7 @@ export default async function apiKeyEventRoutes(app: FastifyInstance, options: A
             break;
           }
         }
+        warnOfDamage(request, page);
         for (const item of page) {
           if (closed) break;
           await write(`id: ${item.cursor}\ndata: ${JSON.stringify(item)}\n\n`);

@@ -35,13 +35,22 @@ export const ApiKeyEventSchema = Type.Object({
     requestId: nullableString,
   }),
   stream: Type.Object({ id: Type.String(), version: Type.Integer() }),
-  data: Type.Record(Type.String(), Type.Unknown(), {
-    description: "The event's data, without key hashes; never a key value.",
+  data: Type.Unknown({
+    description:
+      "The event's data, a JSON object without key hashes; never a key value. On an event changed in the database " +
+      "(see `damaged`), whatever its row holds.",
   }),
   hash: Type.String({
     pattern: "^[0-9a-f]{64}$",
     description: "The event's hash in the log's SHA-256 chain (`pnpm keyledger verify-log`).",
   }),
+  damaged: Type.Optional(
+    Type.String({
+      description:
+        "Present only on an event whose stored data or metadata is not a JSON object (the log was changed in " +
+        "the database): what is wrong. The event is served as stored; run `pnpm keyledger verify-log`.",
+    }),
+  ),
 });
 
 export const ApiKeyEventPageSchema = Type.Object({
