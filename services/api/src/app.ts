@@ -8,7 +8,7 @@ import { KeyCommands, type OnCommitted } from "./commands/key-commands";
 import type { CorsOrigins } from "./config";
 import type { DevIssuer } from "./dev-issuer";
 import { ApiEventBus, type EventBusOptions } from "./event-bus";
-import { ApiError } from "./http-errors";
+import { ApiError, errorBody } from "./http-errors";
 import { KeyUsageRecorder } from "./key-usage-recorder";
 import { recordReportedKeyUses } from "./key-use-reports";
 import { measureLogReaderLag } from "./log-reader-lag";
@@ -87,7 +87,16 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     http: { requireHostHeader: false },
     routerOptions: { maxParamLength: 1024, ignoreDuplicateSlashes: false, ignoreTrailingSlash: true },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+    // fastify's own 503 for a request arriving while it closes (on a keep-alive connection still busy) is not
+    // Daytona's body: the first onRequest hook answers it instead (`closing`, below).
+    return503OnClosing: false,
   }).withTypeProvider<TypeBoxTypeProvider>();
+  /** Set as `app.close()` starts (fastify also marks the response `Connection: close` from then on). */
+  let closing = false;
+  app.addHook("preClose", (done) => {
+    closing = true;
+    done();
+  });
 
   const eventBus = options.nats ? new ApiEventBus(options.nats, options.db, app.log, options.notifications) : undefined;
   let members: MemberCache | undefined;
@@ -153,6 +162,11 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   // payload without running an onSend stage on every response.
   app.addHook("onRequest", (request, reply, done) => {
     reply.header("x-request-id", request.id);
+    if (closing) {
+      request.log.info("refused a request: the server is closing");
+      reply.code(503).send(errorBody(request.url, 503, "Service temporarily unavailable"));
+      return;
+    }
     // RFC 9112 3.2 (node's own check answers without a body, so it is off: `http.requireHostHeader`).
     if (request.headers.host === undefined && request.raw.httpVersion === "1.1") {
       reply.header("connection", "close");
