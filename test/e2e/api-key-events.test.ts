@@ -1,6 +1,6 @@
 import { PgNotificationListener, Projector } from "@keyledger/projections";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
+import { INTERNAL_TOKEN, type RunningApi, startApi, uniqueId } from "../support/api-harness";
 import { until } from "../support/until";
 
 type AuditItem = {
@@ -173,6 +173,23 @@ describe("GET /api/api-key-events (the organization's audit log)", () => {
       expect(body).toMatchObject({ statusCode: 400, error: "Bad Request" });
       expect(body.path.startsWith("/api/api-key-events")).toBe(true);
     }
+    // Messages in class-validator's style, never a schema's pattern.
+    for (const limit of ["0", "1001", "abc", "-1", "2.5", "99999"]) {
+      const res = await get(`?limit=${limit}`, ownerHeaders);
+      expect(await res.json(), limit).toMatchObject({ message: "limit must be an integer between 1 and 1000" });
+    }
+    expect(await (await get("?page=2", ownerHeaders)).json()).toMatchObject({
+      message: "property page should not exist",
+    });
+    // The internal membership route's path parameters (ids with a control character) likewise.
+    const internal = await fetch(`${api.baseUrl}/internal/organizations/a%01b/members/u`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${INTERNAL_TOKEN}` },
+    });
+    expect(internal.status).toBe(400);
+    expect(await internal.json()).toMatchObject({
+      message: "organizationId must be 1 to 255 characters of text without control characters",
+    });
     // A stream's bad Last-Event-ID is named as such (it wins over a good `after`), before the stream opens.
     const everything = await sealed(1);
     const res = await get(`?after=${everything[0]?.cursor}`, {

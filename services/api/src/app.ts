@@ -86,7 +86,17 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     // `/api/api-keys/` is the list, as in Daytona (Express routes ignore a trailing slash), not `/:name` with an empty name.
     http: { requireHostHeader: false },
     routerOptions: { maxParamLength: 1024, ignoreDuplicateSlashes: false, ignoreTrailingSlash: true },
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+    // `x-error-message` on a schema (an OpenAPI extension) is what a 400 says when a value fails it
+    // (`validationMessage` in the error handler); `verbose` lets the handler see the failing schema.
+    ajv: {
+      customOptions: {
+        removeAdditional: false,
+        coerceTypes: false,
+        allErrors: false,
+        verbose: true,
+        keywords: ["x-error-message"],
+      },
+    },
     // fastify's own 503 for a request arriving while it closes (on a keep-alive connection still busy) is not
     // Daytona's body: the first onRequest hook answers it instead (`closing`, below).
     return503OnClosing: false,

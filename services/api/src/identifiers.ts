@@ -24,5 +24,6 @@ export function identifierString() {
     minLength: 1,
     maxLength: MAX_IDENTIFIER_LENGTH,
     pattern: "^[^\\u0000-\\u001f\\u007f\\p{Cs}]*$",
+    "x-error-message": `must be 1 to ${MAX_IDENTIFIER_LENGTH} characters of text without control characters`,
   });
 }

@@ -47,6 +47,26 @@ export function clientErrorHandler(error: Error & { code?: string }, socket: Soc
   socket.destroy();
 }
 
+type ValidationError = NonNullable<FastifyError["validation"]>[number] & {
+  parentSchema?: { "x-error-message"?: unknown };
+};
+
+/**
+ * A schema validation failure in class-validator's style, as Daytona words them: the field, then what it must be.
+ * A schema's own `x-error-message` wins (a pattern is no message: `limit must match pattern "^[0-9]{1,4}$"` told the
+ * caller nothing); an unknown member is named (`property page should not exist`); a pattern without one says so.
+ */
+export function validationMessage(v: ValidationError, context: string | undefined): string {
+  const field = v.instancePath.replace(/^\//, "").replaceAll("/", ".") || context || "value";
+  const own = v.parentSchema?.["x-error-message"];
+  if (typeof own === "string") return `${field} ${own}`;
+  if (v.keyword === "additionalProperties") {
+    return `property ${String(v.params.additionalProperty)} should not exist`;
+  }
+  if (v.keyword === "pattern") return `${field} has a format that is not allowed`;
+  return `${field} ${v.message}`;
+}
+
 /** Every 4xx/5xx, including fastify's own (bad JSON, body too large, 404), answers with Daytona's error body. */
 export default fp(
   async (app: FastifyInstance, options: ErrorHandlerOptions) => {
@@ -66,11 +86,7 @@ export default fp(
       }
       let message = error.message;
       if (error.validation) {
-        message = error.validation
-          .map(
-            (v) => `${v.instancePath.replace(/^\//, "").replaceAll("/", ".") || error.validationContext} ${v.message}`,
-          )
-          .join(", ");
+        message = error.validation.map((v) => validationMessage(v, error.validationContext)).join(", ");
       }
       return reply.code(status).send(errorBody(request.url, status, message));
     });

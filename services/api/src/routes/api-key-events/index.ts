@@ -16,7 +16,13 @@ import { ApiError, invalidCredentials } from "../../http-errors";
 import { type AuthContext, presentedBearerToken } from "../../plugins/app/authentication";
 import { findMember } from "../../read-model-queries";
 import { errorResponses } from "../api-keys/schemas";
-import { ApiKeyEventPageSchema, ApiKeyEventsQuerySchema, DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE } from "./schemas";
+import {
+  ApiKeyEventPageSchema,
+  ApiKeyEventsQuerySchema,
+  DEFAULT_EVENTS_PAGE,
+  LIMIT_MESSAGE,
+  MAX_EVENTS_PAGE,
+} from "./schemas";
 
 export type ApiKeyEventRoutesOptions = {
   db: Kysely<unknown>;
@@ -143,8 +149,7 @@ export default async function apiKeyEventRoutes(app: FastifyInstance, options: A
         throw new ApiError(400, `${resumes ? "Last-Event-ID" : "after"} must be a cursor returned by this API`);
       }
       const limit = query.limit === undefined ? DEFAULT_EVENTS_PAGE : Number(query.limit);
-      if (limit < 1 || limit > MAX_EVENTS_PAGE)
-        throw new ApiError(400, `limit must be between 1 and ${MAX_EVENTS_PAGE}`);
+      if (limit < 1 || limit > MAX_EVENTS_PAGE) throw new ApiError(400, `limit ${LIMIT_MESSAGE}`);
 
       if (wantsEventStream(request)) {
         return streamEvents(request, reply, auth.organizationId, after, streamAccessCheck(options.db, request, auth));

@@ -2,6 +2,8 @@ import { Type } from "@sinclair/typebox";
 
 export const MAX_EVENTS_PAGE = 1000;
 export const DEFAULT_EVENTS_PAGE = 100;
+/** What a 400 says of a `limit` that is not one (the schema's pattern, then the route's range check). */
+export const LIMIT_MESSAGE = `must be an integer between 1 and ${MAX_EVENTS_PAGE}`;
 
 export const ApiKeyEventsQuerySchema = Type.Object(
   {
@@ -14,6 +16,7 @@ export const ApiKeyEventsQuerySchema = Type.Object(
     limit: Type.Optional(
       Type.String({
         pattern: "^[0-9]{1,4}$",
+        "x-error-message": LIMIT_MESSAGE,
         description: `Events per page, 1 to ${MAX_EVENTS_PAGE} (default ${DEFAULT_EVENTS_PAGE}).`,
       }),
     ),
