@@ -68,6 +68,22 @@ describe("a service started with an invalid setting", () => {
       /invalid configuration: LOG_LEVEL: must be one of fatal, .*trace, silent, got "verbose"/,
     );
   });
+
+  it.each([
+    ["api", "nosuchhost.invalid", api, "ENOTFOUND"],
+    ["gateway", "nosuchhost.invalid", gateway, "ENOTFOUND"],
+    ["projector", "nosuchhost.invalid", projector, "ENOTFOUND"],
+    ["api", "192.0.2.1", api, "EADDRNOTAVAIL"],
+  ])(
+    "%s refuses HOST=%s, which it cannot listen on, in one line naming HOST, exit code 78",
+    async (_name, host, service, code) => {
+      const result = await runEntryPoint(service.entryPoint, { ...service.env, HOST: host });
+      expect(result.code, result.stderr).toBe(78);
+      expect(result.stdout).toBe("");
+      expect(result.stderr.trim().split("\n")).toHaveLength(1);
+      expect(result.stderr).toContain(`invalid configuration: HOST: cannot listen on "${host}" (${code}): must be`);
+    },
+  );
 });
 
 describe("the CLI with an invalid DATABASE_URL", () => {

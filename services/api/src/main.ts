@@ -1,3 +1,4 @@
+import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { runMigrations } from "@keyledger/event-store";
 import { PgNotificationListener, Projector } from "@keyledger/projections";
@@ -10,6 +11,25 @@ import { loadDevIssuer } from "./dev-issuer";
 /** Longest shutdown waits for the in-process projector's unit of work in progress. */
 const PROJECTOR_STOP_WAIT_MS = 5_000;
 
+/**
+ * Why this machine cannot listen on `host` (node's error code), or undefined: tried on a free port before anything
+ * else starts, so that a bad `HOST` is refused naming it (node's own `getaddrinfo ENOTFOUND x` names no variable).
+ */
+async function cannotListenOn(host: string): Promise<string | undefined> {
+  const probe = createServer();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      probe.once("error", reject);
+      probe.listen(0, host, resolve);
+    });
+    return undefined;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+  } finally {
+    if (probe.listening) probe.close();
+  }
+}
+
 /** The only place that reads the environment. */
 async function main() {
   let config: ReturnType<typeof parseApiConfig>;
@@ -21,6 +41,14 @@ async function main() {
       process.exit(78);
     }
     throw error;
+  }
+  const hostError = await cannotListenOn(config.host);
+  if (hostError !== undefined) {
+    process.stderr.write(
+      `keyledger: invalid configuration: HOST: cannot listen on "${config.host}" (${hostError}): ` +
+        "must be an address of this machine or a name that resolves to one\n",
+    );
+    process.exit(78);
   }
   const db = config.databaseUrl
     ? createPostgresDatabase({ connectionString: config.databaseUrl })
