@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, inject, it } from "vitest";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -126,6 +126,61 @@ describe("the gateway started on PORT=0", () => {
       const { port } = JSON.parse(line as string) as { port: number };
       expect(port).toBeGreaterThan(0);
       expect((await fetch(`http://127.0.0.1:${port}/health/live`)).status).toBe(200);
+    } finally {
+      child.kill("SIGKILL");
+    }
+  });
+});
+
+describe("the API started on PORT=0 with the development issuer and no PUBLIC_URL", () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "keyledger-port-zero-"));
+  afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
+
+  it("names the port it listens on in its issuer URL, and its tokens carry it", async () => {
+    const child = spawn(process.execPath, ["--import", "tsx", "services/api/src/main.ts"], {
+      cwd: ROOT,
+      env: {
+        PATH: process.env.PATH ?? "",
+        PORT: "0",
+        HOST: "127.0.0.1",
+        DATABASE_URL: inject("databaseUrl"),
+        KEYLEDGER_DATA_DIR: dataDir,
+        PROJECTOR_IN_API: "false",
+        LOG_LEVEL: "info",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    try {
+      let output = "";
+      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+      child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
+      const deadline = Date.now() + 30_000;
+      let port: string | undefined;
+      while (port === undefined && Date.now() < deadline && child.exitCode === null) {
+        port = /Server listening at http:\/\/127\.0\.0\.1:(\d+)/.exec(output)?.[1];
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      expect(port, output).toBeDefined();
+      const base = `http://127.0.0.1:${port}`;
+      const discovery = (await (await fetch(`${base}/.well-known/openid-configuration`)).json()) as {
+        issuer: string;
+        jwks_uri: string;
+      };
+      expect(discovery.issuer).toBe(`http://localhost:${port}`);
+      expect(discovery.jwks_uri).toBe(`http://localhost:${port}/.well-known/jwks.json`);
+      const issued = await fetch(`${base}/dev/tokens`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ userId: "port-zero-user", organizationId: "port-zero-org", role: "owner" }),
+      });
+      expect(issued.status).toBe(200);
+      const { token } = (await issued.json()) as { token: string };
+      const payload = JSON.parse(Buffer.from(token.split(".")[1] as string, "base64url").toString()) as { iss: string };
+      expect(payload.iss).toBe(`http://localhost:${port}`);
+      const listed = await fetch(`${base}/api/api-keys`, {
+        headers: { authorization: `Bearer ${token}`, "x-daytona-organization-id": "port-zero-org" },
+      });
+      expect(listed.status).toBe(200);
     } finally {
       child.kill("SIGKILL");
     }

@@ -11,8 +11,11 @@ export type ApiConfig = {
   oidc: { issuer: string; jwksUrl: string; audience: string | undefined } | undefined;
   /** Where the embedded database and the development issuer's key live. */
   dataDir: string;
-  /** The API's own base URL: the development issuer's `iss`. */
-  publicUrl: string;
+  /**
+   * The API's own base URL: the development issuer's `iss`. Default `http://localhost:$PORT`; undefined with PORT=0
+   * (main.ts then takes a free port first and names it here).
+   */
+  publicUrl: string | undefined;
   internalApiToken: string | undefined;
   keyUsedThrottleMs: number;
   logLevel: string;
@@ -231,7 +234,8 @@ export function parseApiConfig(env: Record<string, string | undefined>): ApiConf
         ? { issuer, jwksUrl, audience: env.OIDC_AUDIENCE || undefined }
         : undefined,
     dataDir: env.KEYLEDGER_DATA_DIR || ".keyledger",
-    publicUrl: url(env, "PUBLIC_URL", HTTP) ?? `http://localhost:${port}`,
+    // PORT=0: the port is known once bound (main.ts).
+    publicUrl: url(env, "PUBLIC_URL", HTTP) ?? (port === 0 ? undefined : `http://localhost:${port}`),
     internalApiToken,
     keyUsedThrottleMs: integer(env, "KEY_USED_THROTTLE_MS", 10_000, 0, 86_400_000),
     logLevel: logLevel(env),

@@ -1,4 +1,4 @@
-import { createServer } from "node:net";
+import { type AddressInfo, createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { runMigrations } from "@keyledger/event-store";
 import { PgNotificationListener, Projector } from "@keyledger/projections";
@@ -12,21 +12,21 @@ import { loadDevIssuer } from "./dev-issuer";
 const PROJECTOR_STOP_WAIT_MS = 5_000;
 
 /**
- * Why this machine cannot listen on `host` (node's error code), or undefined: tried on a free port before anything
- * else starts, so that a bad `HOST` is refused naming it (node's own `getaddrinfo ENOTFOUND x` names no variable).
+ * A free port on `host`, or why this machine cannot listen on it (node's error code): tried before anything else
+ * starts, so that a bad `HOST` is refused naming it (node's own `getaddrinfo ENOTFOUND x` names no variable).
  */
-async function cannotListenOn(host: string): Promise<string | undefined> {
+async function probeListen(host: string): Promise<{ port: number } | { error: string }> {
   const probe = createServer();
   try {
     await new Promise<void>((resolve, reject) => {
       probe.once("error", reject);
       probe.listen(0, host, resolve);
     });
-    return undefined;
+    return { port: (probe.address() as AddressInfo).port };
   } catch (error) {
-    return (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+    return { error: (error as NodeJS.ErrnoException).code ?? (error as Error).message };
   } finally {
-    if (probe.listening) probe.close();
+    if (probe.listening) await new Promise((resolve) => probe.close(resolve));
   }
 }
 
@@ -42,14 +42,19 @@ async function main() {
     }
     throw error;
   }
-  const hostError = await cannotListenOn(config.host);
-  if (hostError !== undefined) {
+  const probed = await probeListen(config.host);
+  if ("error" in probed) {
     process.stderr.write(
-      `keyledger: invalid configuration: HOST: cannot listen on "${config.host}" (${hostError}): ` +
+      `keyledger: invalid configuration: HOST: cannot listen on "${config.host}" (${probed.error}): ` +
         "must be an address of this machine or a name that resolves to one\n",
     );
     process.exit(78);
   }
+  // PORT=0 without PUBLIC_URL: the development issuer's URL (its tokens' `iss`) must name the port the API answers
+  // on, so the API listens on the free port just found (not on "any port", which would leave it `localhost:0`).
+  const usePortFound = config.port === 0 && config.publicUrl === undefined && config.oidc === undefined;
+  const port = usePortFound ? probed.port : config.port;
+  const publicUrl = config.publicUrl ?? `http://localhost:${port}`;
   const db = config.databaseUrl
     ? createPostgresDatabase({ connectionString: config.databaseUrl })
     : // Loaded only when used: PGlite's WebAssembly adds about 35 MB to the resident memory of every API process.
@@ -71,7 +76,7 @@ async function main() {
     : undefined;
   const devIssuer = config.oidc
     ? undefined
-    : await loadDevIssuer({ issuer: config.publicUrl, keyFile: join(config.dataDir, "dev-issuer-key.json") });
+    : await loadDevIssuer({ issuer: publicUrl, keyFile: join(config.dataDir, "dev-issuer-key.json") });
   const app = await buildApp({
     db,
     oidc: config.oidc,
@@ -156,7 +161,7 @@ async function main() {
     },
   );
   projector?.start();
-  await app.listen({ port: config.port, host: config.host });
+  await app.listen({ port, host: config.host });
 }
 
 main().catch((error) => {
