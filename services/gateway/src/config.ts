@@ -44,7 +44,9 @@ function integer(env: Env, name: string, fallback: number, min: number, max: num
   if (raw === undefined || raw === "") return fallback;
   if (!/^\d+$/.test(raw)) throw new GatewayConfigError(name, `must be an integer, got "${raw}"`);
   const value = Number(raw);
-  if (value < min || value > max) throw new GatewayConfigError(name, `must be between ${min} and ${max}`);
+  if (value < min || value > max) {
+    throw new GatewayConfigError(name, `must be between ${min} and ${max}, got ${value}`);
+  }
   return value;
 }
 

@@ -79,3 +79,19 @@ describe("gateway configuration: UPSTREAM_AUTHORIZATION", () => {
     ).toThrow(/^UPSTREAM_AUTHORIZATION: must be unset with GATEWAY_MODE=forward-auth/);
   });
 });
+
+describe("gateway configuration errors", () => {
+  const base = { API_URL: "http://api:3000", UPSTREAM_URL: "http://up:80" };
+
+  it("name the value out of range, as the API's do", () => {
+    expect(() => parseGatewayConfig({ ...base, UPSTREAM_PIPELINING: "101" })).toThrow(
+      /^UPSTREAM_PIPELINING: must be between 1 and 100, got 101$/,
+    );
+    expect(() => parseGatewayConfig({ ...base, PORT: "70000" })).toThrow(
+      /^PORT: must be between 0 and 65535, got 70000$/,
+    );
+    expect(() => parseGatewayConfig({ ...base, UPSTREAM_TIMEOUT_MS: "5" })).toThrow(
+      /^UPSTREAM_TIMEOUT_MS: must be between 100 and 3600000, got 5$/,
+    );
+  });
+});
