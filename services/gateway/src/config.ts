@@ -50,6 +50,15 @@ function integer(env: Env, name: string, fallback: number, min: number, max: num
   return value;
 }
 
+/** A URL as it may be shown: user and password (a credential) replaced. */
+function withoutCredentials(url: URL): string {
+  if (url.username === "" && url.password === "") return url.href;
+  const shown = new URL(url.href);
+  shown.username = "redacted";
+  shown.password = "";
+  return shown.href;
+}
+
 function httpUrl(env: Env, name: string): string {
   const raw = env[name];
   if (raw === undefined || raw === "") throw new GatewayConfigError(name, "is required");
@@ -65,7 +74,10 @@ function httpUrl(env: Env, name: string): string {
   // Only the origin is used (the request's own path goes upstream; the API is asked at /api/…): a path, query or
   // fragment would be dropped without a word.
   if (parsed.pathname !== "/" || parsed.search !== "" || parsed.hash !== "") {
-    throw new GatewayConfigError(name, `must be an origin such as http://host:port (no path or query), got "${raw}"`);
+    throw new GatewayConfigError(
+      name,
+      `must be an origin such as http://host:port (no path or query), got "${withoutCredentials(parsed)}"`,
+    );
   }
   return raw;
 }

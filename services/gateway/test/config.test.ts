@@ -94,4 +94,16 @@ describe("gateway configuration errors", () => {
       /^UPSTREAM_TIMEOUT_MS: must be between 100 and 3600000, got 5$/,
     );
   });
+
+  it("never echo a URL's credentials", () => {
+    let message = "";
+    try {
+      parseGatewayConfig({ API_URL: "http://api:3000", UPSTREAM_URL: "http://admin:s3cret@up:8000/v1" });
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    expect(message).toBe(
+      'UPSTREAM_URL: must be an origin such as http://host:port (no path or query), got "http://redacted@up:8000/v1"',
+    );
+  });
 });
