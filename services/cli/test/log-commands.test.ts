@@ -336,7 +336,12 @@ describe("pnpm keyledger rebuild, verify-log, audit, events tail", () => {
     );
     const tampered = await keyledger(["verify-log"], env);
     expect(tampered.code).toBe(1);
-    expect(tampered.stderr).toMatch(new RegExp(`^keyledger verify-log: position ${position}: .*changed`));
+    expect(tampered.stderr).toMatch(
+      new RegExp(
+        `^keyledger verify-log: hash-mismatch: position ${position} \\(chain index \\d+\\) does not hash to its seal: the event was changed\n$`,
+      ),
+    );
+    expect(tampered.stderr.split(`position ${position}`)).toHaveLength(2); // named once
     const json = await keyledger(["verify-log", "--json"], env);
     expect(JSON.parse(json.stdout)).toMatchObject({ ok: false, problem: { position, kind: "hash-mismatch" } });
 
@@ -390,9 +395,10 @@ describe("pnpm keyledger verify-log on an event no hash can cover", () => {
     );
     expect(text.stderr).toMatch(
       new RegExp(
-        `^keyledger verify-log: position ${position}: .*cannot be hashed \\(JCS: Infinity is not a JSON number\\)`,
+        `^keyledger verify-log: unhashable: position ${position} \\(chain index \\d+\\) cannot be hashed \\(JCS: Infinity is not a JSON number\\)`,
       ),
     );
+    expect(text.stderr.split(`position ${position}`)).toHaveLength(2); // named once
     const json = await keyledger(["verify-log", "--json"], env);
     expect(json.code).toBe(1);
     expect(JSON.parse(json.stdout)).toMatchObject({

@@ -29,7 +29,8 @@ export const verifyLogCommand: CliCommand = {
         );
       }
       if (result.problem) {
-        process.stderr.write(`keyledger verify-log: position ${result.problem.position}: ${result.problem.message}\n`);
+        // Each message names its position (and says what changed): printed after its kind, not after its position again.
+        process.stderr.write(`keyledger verify-log: ${result.problem.kind}: ${result.problem.message}\n`);
         return 1;
       }
       return 0;
