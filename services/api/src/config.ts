@@ -81,6 +81,14 @@ const POSTGRES = {
  * An optional URL of one of `kind.protocols`. The value is never echoed (DATABASE_URL carries a password); a URL of
  * another scheme (`localhost:5432` is the scheme "localhost:") is refused rather than read as something else.
  */
+/**
+ * `DATABASE_URL`: unset (undefined) or a Postgres URL; otherwise a `ConfigError` naming it, without its value. The
+ * API's check, and the CLI's.
+ */
+export function parseDatabaseUrl(env: Record<string, string | undefined>): string | undefined {
+  return url(env, "DATABASE_URL", POSTGRES);
+}
+
 function url(
   env: Record<string, string | undefined>,
   name: string,
@@ -204,7 +212,7 @@ function natsConfig(env: Record<string, string | undefined>): ApiConfig["nats"] 
 }
 
 export function parseApiConfig(env: Record<string, string | undefined>): ApiConfig {
-  const databaseUrl = url(env, "DATABASE_URL", POSTGRES);
+  const databaseUrl = parseDatabaseUrl(env);
   const issuer = env.OIDC_ISSUER || undefined;
   const jwksUrl = url(env, "OIDC_JWKS_URL", HTTP);
   if (issuer === undefined && jwksUrl !== undefined) {

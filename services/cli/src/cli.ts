@@ -1,3 +1,4 @@
+import { ConfigError, parseDatabaseUrl } from "@keyledger/api";
 import { type CliCommand, UsageError } from "./command";
 
 export function helpText(commands: readonly CliCommand[]): string {
@@ -8,22 +9,6 @@ export function helpText(commands: readonly CliCommand[]): string {
   for (const c of commands) for (const example of c.examples) lines.push(`  ${example}`);
   lines.push("", "Run `pnpm keyledger <command> --help` for a command's usage.");
   return `${lines.join("\n")}\n`;
-}
-
-/**
- * What is wrong with `DATABASE_URL` (never echoed: it carries a password), or undefined when it is unset or a
- * Postgres URL. `localhost:5432` parses as the scheme "localhost:", and pg then fails with "no PostgreSQL user name".
- */
-function invalidDatabaseUrl(raw: string | undefined): string | undefined {
-  if (!raw) return undefined;
-  let parsed: URL;
-  try {
-    parsed = new URL(raw);
-  } catch {
-    return "is not a valid URL";
-  }
-  if (["postgres:", "postgresql:", "socket:"].includes(parsed.protocol)) return undefined;
-  return "must be a Postgres URL such as postgres://user:pass@host:5432/db";
 }
 
 /** Runs one command; every failure is a single line on stderr and a non-zero exit code. */
@@ -42,9 +27,13 @@ export async function runCli(
     process.stderr.write(`keyledger: unknown command "${name}" (see pnpm keyledger --help)\n`);
     return 2;
   }
-  const configProblem = invalidDatabaseUrl(env.DATABASE_URL);
-  if (configProblem !== undefined) {
-    process.stderr.write(`keyledger ${name}: invalid configuration: DATABASE_URL: ${configProblem}\n`);
+  // The API's check (never echoes the value: it carries a password). `localhost:5432` parses as the scheme
+  // "localhost:", and pg would then fail with "no PostgreSQL user name".
+  try {
+    parseDatabaseUrl(env);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    process.stderr.write(`keyledger ${name}: invalid configuration: ${error.message}\n`);
     return 78;
   }
   if (args.includes("--help") || args.includes("-h")) {
