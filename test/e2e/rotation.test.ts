@@ -117,6 +117,37 @@ describe("rotation with a grace window", () => {
     expect(again.status).toBe(409);
   });
 
+  it("a key rotating itself cannot extend its expiry (403, nothing written); a JWT can", async () => {
+    const expiresAt = new Date(Date.now() + 3_600_000).toISOString();
+    const { org, headers, key } = await ownerWithKey({ expiresAt });
+    const selfRotate = (value: string, body: unknown) =>
+      fetch(`${api.baseUrl}/api/api-keys/current/rotate`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${value}`, "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    const rotations = async () =>
+      (await eventsOfOrganization(api.db, org)).filter((e) => e.event_type === "KeyRotated").length;
+    for (const later of [null, new Date(Date.now() + 7_200_000).toISOString()]) {
+      const res = await selfRotate(key.value, { gracePeriodSeconds: 60, expiresAt: later });
+      expect(res.status, String(later)).toBe(403);
+      expect(((await res.json()) as { message: string }).message).toBe(
+        "An API key cannot extend its own expiry: rotate it with a JWT to change its expiry to a later one",
+      );
+    }
+    expect(await rotations()).toBe(0);
+    expect((await current(key.value)).status).toBe(200);
+
+    const shorter = new Date(Date.now() + 1_800_000).toISOString();
+    const self = await selfRotate(key.value, { expiresAt: shorter });
+    expect(self.status).toBe(201);
+    expect(((await self.json()) as KeyResponse).expiresAt).toBe(shorter);
+
+    const byJwt = await rotate("deploy/rotate", headers, { expiresAt: null });
+    expect(byJwt.status).toBe(201);
+    expect(((await byJwt.json()) as KeyResponse).expiresAt).toBeNull();
+  });
+
   it("revoked keys are not found, expired ones 409; bad bodies are 400 and change nothing", async () => {
     const { org, headers } = await ownerWithKey({ expiresAt: new Date(Date.now() + 1500).toISOString() });
     // This organization's events: other tests' key uses are recorded in batches, a moment after their requests.

@@ -218,7 +218,7 @@ describe("recordKeyUsesAsRead: uses decided on the rows their requests read, in 
     const rotate = (name: string, expiresAt: Date | undefined) =>
       commands.rotateApiKey(
         { organizationId: org, userId: user, name },
-        { keyHash: newHash(), maskedValue: "dtn****", gracePeriodSeconds: 0, expiresAt },
+        { keyHash: newHash(), maskedValue: "dtn****", gracePeriodSeconds: 0, expiresAt, mayExtendExpiry: true },
         ctx,
       );
     await rotate("rotated", undefined);

@@ -189,7 +189,13 @@ describe("rebuilding the api_keys projection from the log", () => {
       () =>
         commands.rotateApiKey(
           { organizationId: org, userId: user, name: "ci" },
-          { keyHash: "rotated-hash", maskedValue: "dtn**rot", gracePeriodSeconds: 60, expiresAt: undefined },
+          {
+            keyHash: "rotated-hash",
+            maskedValue: "dtn**rot",
+            gracePeriodSeconds: 60,
+            expiresAt: undefined,
+            mayExtendExpiry: true,
+          },
           context(org, user),
         ),
       (trx) =>

@@ -138,6 +138,7 @@ export async function writeKeyHistory(db: Kysely<unknown>, options: KeyHistoryOp
               maskedValue: `dtn${"*".repeat(20)}${hash.slice(-3)}`,
               gracePeriodSeconds: Math.floor(random() * 3) * 60,
               expiresAt: undefined,
+              mayExtendExpiry: true,
             },
             context(org, user),
           );

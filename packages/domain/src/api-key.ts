@@ -52,6 +52,12 @@ export type RotateKey = {
     gracePeriodSeconds: number;
     /** `undefined` keeps the current expiry; `null` means the new value never expires. */
     expiresAt: Date | null | undefined;
+    /**
+     * Whether this rotation may move the key's expiry later or remove it: yes for a JWT (the key's owner, or an
+     * organization owner), no for the key itself (`/current/rotate`): a leaked value must not outlive the expiry its
+     * owner set.
+     */
+    mayExtendExpiry: boolean;
     /** The value hash the caller saw; a rotation that happened in between makes this one fail. */
     expectedKeyHash: string | undefined;
     now: Date;
@@ -143,6 +149,12 @@ export function decideApiKey(command: ApiKeyCommand, state: ApiKeyState): KeyEve
       if (c.expiresAt && c.expiresAt.getTime() <= c.now.getTime()) {
         throw new DomainError("EXPIRY_IN_PAST", "expiresAt must be in the future");
       }
+      if (!c.mayExtendExpiry && extendsExpiry(state.expiresAt, c.expiresAt)) {
+        throw new DomainError(
+          "EXPIRY_EXTENSION_NOT_ALLOWED",
+          "An API key cannot extend its own expiry: rotate it with a JWT to change its expiry to a later one",
+        );
+      }
       let validUntil = c.now.getTime() + c.gracePeriodSeconds * 1000;
       if (state.expiresAt !== null) validUntil = Math.min(validUntil, Date.parse(state.expiresAt));
       const previousStillValid =
@@ -233,6 +245,12 @@ export function evolveApiKey(state: ApiKeyState, event: KeyEvent): ApiKeyState {
     default:
       return assertNever(event);
   }
+}
+
+/** Whether a rotation to `next` (`undefined`: keep) would end the key later than `current` (`null`: never). */
+function extendsExpiry(current: string | null, next: Date | null | undefined): boolean {
+  if (next === undefined || current === null) return false;
+  return next === null || next.getTime() > Date.parse(current);
 }
 
 /** Whether a key as folded is usable at `now`. */

@@ -8,6 +8,7 @@ export type DomainErrorCode =
   | "PERMISSIONS_NOT_GRANTABLE"
   | "EXPIRY_IN_PAST"
   | "INVALID_GRACE_PERIOD"
+  | "EXPIRY_EXTENSION_NOT_ALLOWED"
   | "KEY_CHANGED_CONCURRENTLY";
 
 export class DomainError extends Error {

@@ -273,6 +273,7 @@ describe("decideApiKey: RotateKey refusals", () => {
       maskedValue: `dtn${"*".repeat(20)}xyz`,
       gracePeriodSeconds: 0,
       expiresAt: undefined,
+      mayExtendExpiry: true,
       expectedKeyHash: undefined,
       now,
     },
@@ -291,6 +292,60 @@ describe("decideApiKey: RotateKey refusals", () => {
     given([keyCreated({ expiresAt: at(500).toISOString() })])
       .when(rotate(at(500)))
       .thenFails("KEY_EXPIRED", "API key has expired: create a new key instead");
+  });
+});
+
+describe("decideApiKey: RotateKey expiry", () => {
+  const rotate = (overrides: Partial<Extract<ApiKeyCommand, { type: "RotateKey" }>["data"]> = {}): ApiKeyCommand => ({
+    type: "RotateKey",
+    data: {
+      keyHash: "b".repeat(64),
+      maskedValue: `dtn${"*".repeat(20)}xyz`,
+      gracePeriodSeconds: 60,
+      expiresAt: undefined,
+      mayExtendExpiry: true,
+      expectedKeyHash: undefined,
+      now: at(1000),
+      ...overrides,
+    },
+  });
+  const expiring = keyCreated({ expiresAt: at(3_600_000).toISOString() });
+
+  it("given a key with an expiry, a JWT's rotation may move it later or remove it", () => {
+    given([expiring])
+      .when(rotate({ expiresAt: null }))
+      .thenEvents([{ type: "KeyRotated", data: expect.objectContaining({ expiresAt: null }) }]);
+    given([expiring])
+      .when(rotate({ expiresAt: at(7_200_000) }))
+      .thenEvents([{ type: "KeyRotated", data: expect.objectContaining({ expiresAt: at(7_200_000).toISOString() }) }]);
+  });
+
+  it("given a key with an expiry, the key rotating itself cannot move it later nor remove it", () => {
+    const message = "An API key cannot extend its own expiry: rotate it with a JWT to change its expiry to a later one";
+    given([expiring])
+      .when(rotate({ mayExtendExpiry: false, expiresAt: null }))
+      .thenFails("EXPIRY_EXTENSION_NOT_ALLOWED", message);
+    given([expiring])
+      .when(rotate({ mayExtendExpiry: false, expiresAt: at(3_600_001) }))
+      .thenFails("EXPIRY_EXTENSION_NOT_ALLOWED", message);
+  });
+
+  it("the key rotating itself may keep its expiry, shorten it, or set one when it had none", () => {
+    given([expiring])
+      .when(rotate({ mayExtendExpiry: false }))
+      .thenEvents([{ type: "KeyRotated", data: expect.objectContaining({ expiresAt: at(3_600_000).toISOString() }) }]);
+    given([expiring])
+      .when(rotate({ mayExtendExpiry: false, expiresAt: at(3_600_000) }))
+      .thenEvents([{ type: "KeyRotated", data: expect.objectContaining({ expiresAt: at(3_600_000).toISOString() }) }]);
+    given([expiring])
+      .when(rotate({ mayExtendExpiry: false, expiresAt: at(60_000) }))
+      .thenEvents([{ type: "KeyRotated", data: expect.objectContaining({ expiresAt: at(60_000).toISOString() }) }]);
+    given([keyCreated()])
+      .when(rotate({ mayExtendExpiry: false, expiresAt: null }))
+      .thenEvents([{ type: "KeyRotated", data: expect.objectContaining({ expiresAt: null }) }]);
+    given([keyCreated()])
+      .when(rotate({ mayExtendExpiry: false, expiresAt: at(60_000) }))
+      .thenEvents([{ type: "KeyRotated", data: expect.objectContaining({ expiresAt: at(60_000).toISOString() }) }]);
   });
 });
 

@@ -216,6 +216,7 @@ function commandFor(step: Step, now: Date, index: number): ApiKeyCommand {
           maskedValue: "dtn********************111",
           gracePeriodSeconds: step.grace,
           expiresAt: step.expiresIn === undefined || step.expiresIn === null ? step.expiresIn : at(step.expiresIn),
+          mayExtendExpiry: true,
           expectedKeyHash: undefined,
           now,
         },

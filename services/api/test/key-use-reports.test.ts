@@ -65,7 +65,7 @@ describe("recordReportedKeyUses", () => {
     const rotate = (name: string, gracePeriodSeconds: number) =>
       commands.rotateApiKey(
         { organizationId: org, userId: user, name },
-        { keyHash: newHash(), maskedValue: "dtn****", gracePeriodSeconds, expiresAt: undefined },
+        { keyHash: newHash(), maskedValue: "dtn****", gracePeriodSeconds, expiresAt: undefined, mayExtendExpiry: true },
         context(),
       );
     await rotate("rotated", 3_600);
@@ -188,7 +188,13 @@ describe("recordReportedKeyUses", () => {
     const previous = await createKey("rotated-in-past", createdAt);
     await new KeyCommands(db).rotateApiKey(
       { organizationId: org, userId: user, name: "rotated-in-past" },
-      { keyHash: newHash(), maskedValue: "dtn****", gracePeriodSeconds: 600, expiresAt: undefined },
+      {
+        keyHash: newHash(),
+        maskedValue: "dtn****",
+        gracePeriodSeconds: 600,
+        expiresAt: undefined,
+        mayExtendExpiry: true,
+      },
       at(createdAt + 60 * MINUTE),
     );
     await report(new KeyUsageRecorder(new KeyCommands(db), 60_000, silentLog), [

@@ -365,6 +365,8 @@ export class KeyCommands {
       maskedValue: string;
       gracePeriodSeconds: number;
       expiresAt: Date | null | undefined;
+      /** False when the key rotates itself: it may keep or shorten its expiry, never extend it. */
+      mayExtendExpiry: boolean;
       expectedKeyHash?: string;
     },
     context: CommandContext,

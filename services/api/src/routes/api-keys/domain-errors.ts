@@ -22,6 +22,7 @@ export function asApiError(error: unknown): never {
       case "KEY_NOT_FOUND":
         throw new ApiError(404, error.message);
       case "PERMISSIONS_NOT_GRANTABLE":
+      case "EXPIRY_EXTENSION_NOT_ALLOWED":
         throw new ApiError(403, error.message);
       case "EXPIRY_IN_PAST":
       case "INVALID_GRACE_PERIOD":

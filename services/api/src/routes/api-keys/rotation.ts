@@ -20,7 +20,8 @@ const tags = ["api-keys"];
 const description =
   "keyledger extension of the Daytona contract: issues a new value for the key; the previous value keeps " +
   "working for gracePeriodSeconds (never past its own expiry), then is rejected everywhere. A revoked or unknown " +
-  "key is 404; an expired key is 409 (create a new one); a rotation that races another is 409.";
+  "key is 404; an expired key is 409 (create a new one); a rotation that races another is 409. A key rotating " +
+  "itself (`/current/rotate`) may keep or shorten its expiry but not move it later or remove it (403): only a JWT can.";
 
 const rotateSchema = (operationId: string, summary: string, params?: object) => ({
   operationId,
@@ -44,7 +45,7 @@ export default async function apiKeyRotationRoutes(app: FastifyInstance, { comma
     reply: FastifyReply,
     key: { organizationId: string; userId: string; name: string },
     context: CommandContext,
-    expectedKeyHash?: string,
+    self?: { expectedKeyHash: string },
   ) {
     const parsed = validateRotateApiKeyBody(request.body, context.now);
     if (!parsed.ok) throw new ApiError(400, parsed.messages.join(", "));
@@ -57,7 +58,9 @@ export default async function apiKeyRotationRoutes(app: FastifyInstance, { comma
           maskedValue: maskKeyValue(value),
           gracePeriodSeconds: parsed.value.gracePeriodSeconds,
           expiresAt: parsed.value.expiresAt,
-          expectedKeyHash,
+          // A key rotating itself keeps or shortens its expiry; only a JWT can move it later.
+          mayExtendExpiry: self === undefined,
+          expectedKeyHash: self?.expectedKeyHash,
         },
         context,
       )
@@ -90,7 +93,7 @@ export default async function apiKeyRotationRoutes(app: FastifyInstance, { comma
         },
       };
       const key = { organizationId: auth.organizationId, userId: auth.userId, name: auth.key.name };
-      return rotate(request, reply, key, context, auth.keyHash);
+      return rotate(request, reply, key, context, { expectedKeyHash: auth.keyHash });
     },
   );
 

@@ -154,7 +154,11 @@ export const RotateApiKeySchema = Type.Object({
       description: "How long the previous value keeps working (never past its own expiry). Default 0: it stops now.",
     }),
   ),
-  expiresAt: Type.Optional(nullableDateTime("Expiry of the new value; omitted keeps the current one, null: never")),
+  expiresAt: Type.Optional(
+    nullableDateTime(
+      "Expiry of the new value; omitted keeps the current one, null: never. A key rotating itself cannot extend it.",
+    ),
+  ),
 });
 
 export type RotateApiKeyBody = { gracePeriodSeconds: number; expiresAt: Date | null | undefined };
