@@ -155,8 +155,12 @@ export function decideApiKey(command: ApiKeyCommand, state: ApiKeyState): KeyEve
           "An API key cannot extend its own expiry: rotate it with a JWT to change its expiry to a later one",
         );
       }
+      const expiresAt =
+        c.expiresAt === undefined ? state.expiresAt : c.expiresAt === null ? null : c.expiresAt.toISOString();
+      // The previous value never outlives the key: neither its own expiry nor the one this rotation sets.
       let validUntil = c.now.getTime() + c.gracePeriodSeconds * 1000;
       if (state.expiresAt !== null) validUntil = Math.min(validUntil, Date.parse(state.expiresAt));
+      if (expiresAt !== null) validUntil = Math.min(validUntil, Date.parse(expiresAt));
       const previousStillValid =
         state.previousKeyHash !== null &&
         state.previousValidUntil !== null &&
@@ -174,8 +178,7 @@ export function decideApiKey(command: ApiKeyCommand, state: ApiKeyState): KeyEve
             previousKeyHash: state.keyHash,
             previousValidUntil: new Date(validUntil).toISOString(),
             supersededKeyHash: previousStillValid ? state.previousKeyHash : null,
-            expiresAt:
-              c.expiresAt === undefined ? state.expiresAt : c.expiresAt === null ? null : c.expiresAt.toISOString(),
+            expiresAt,
             rotatedAt: c.now.toISOString(),
           },
         },

@@ -320,6 +320,30 @@ describe("decideApiKey: RotateKey expiry", () => {
       .thenEvents([{ type: "KeyRotated", data: expect.objectContaining({ expiresAt: at(7_200_000).toISOString() }) }]);
   });
 
+  it("ends the previous value's grace at the key's expiry: the one it had, or an earlier one the rotation sets", () => {
+    given([keyCreated({ expiresAt: at(30_000).toISOString() })])
+      .when(rotate({ gracePeriodSeconds: 600 }))
+      .thenEvents([
+        { type: "KeyRotated", data: expect.objectContaining({ previousValidUntil: at(30_000).toISOString() }) },
+      ]);
+    given([keyCreated()])
+      .when(rotate({ gracePeriodSeconds: 600, expiresAt: at(5_000) }))
+      .thenEvents([
+        {
+          type: "KeyRotated",
+          data: expect.objectContaining({
+            previousValidUntil: at(5_000).toISOString(),
+            expiresAt: at(5_000).toISOString(),
+          }),
+        },
+      ]);
+    given([keyCreated()])
+      .when(rotate({ gracePeriodSeconds: 600, expiresAt: at(3_600_000) }))
+      .thenEvents([
+        { type: "KeyRotated", data: expect.objectContaining({ previousValidUntil: at(601_000).toISOString() }) },
+      ]);
+  });
+
   it("given a key with an expiry, the key rotating itself cannot move it later nor remove it", () => {
     const message = "An API key cannot extend its own expiry: rotate it with a JWT to change its expiry to a later one";
     given([expiring])

@@ -325,6 +325,10 @@ describe("decide/evolve (properties)", () => {
                 if (before.expiresAt !== null && after.previousValidUntil !== null) {
                   expect(Date.parse(after.previousValidUntil)).toBeLessThanOrEqual(Date.parse(before.expiresAt));
                 }
+                // Nor the expiry the rotation sets.
+                if (after.expiresAt !== null && after.previousValidUntil !== null) {
+                  expect(Date.parse(after.previousValidUntil)).toBeLessThanOrEqual(Date.parse(after.expiresAt));
+                }
               }
               break;
             }

@@ -18,10 +18,11 @@ import {
 const security: Array<Record<string, string[]>> = [{ bearer: [] }, { oauth2: ["openid", "profile", "email"] }];
 const tags = ["api-keys"];
 const description =
-  "keyledger extension of the Daytona contract: issues a new value for the key; the previous value keeps " +
-  "working for gracePeriodSeconds (never past its own expiry), then is rejected everywhere. A revoked or unknown " +
-  "key is 404; an expired key is 409 (create a new one); a rotation that races another is 409. A key rotating " +
-  "itself (`/current/rotate`) may keep or shorten its expiry but not move it later or remove it (403): only a JWT can.";
+  "keyledger extension of the Daytona contract: issues a new value for the key; the previous value keeps working " +
+  "for gracePeriodSeconds (never past the key's expiry, nor past a shorter expiresAt this rotation sets), then is " +
+  "rejected everywhere. A revoked or unknown key is 404; an expired key is 409 (create a new one); a rotation that " +
+  "races another is 409. A key rotating itself (`/current/rotate`) may keep or shorten its expiry but not move it " +
+  "later or remove it (403): only a JWT can.";
 
 const rotateSchema = (operationId: string, summary: string, params?: object) => ({
   operationId,
