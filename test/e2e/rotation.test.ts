@@ -109,12 +109,18 @@ describe("rotation with a grace window", () => {
     expect(self.status).toBe(201);
     const rotated = (await self.json()) as KeyResponse;
     expect((await current(rotated.value)).status).toBe(200);
-    // The old value still works in its grace period, but cannot rotate the key again.
+    // The old value still works in its grace period, but cannot rotate the key again: a leaked old value must not
+    // take the key over, and no retry would let it.
     const again = await fetch(`${api.baseUrl}/api/api-keys/current/rotate`, {
       method: "POST",
       headers: { authorization: `Bearer ${key.value}` },
     });
-    expect(again.status).toBe(409);
+    expect(again.status).toBe(403);
+    expect(((await again.json()) as { message: string }).message).toBe(
+      "Only the API key's current value can rotate it, not a value it was rotated from",
+    );
+    expect((await current(key.value)).status).toBe(200);
+    expect((await current(rotated.value)).status).toBe(200);
   });
 
   it("a key rotating itself cannot extend its expiry (403, nothing written); a JWT can", async () => {

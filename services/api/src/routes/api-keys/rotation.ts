@@ -22,7 +22,7 @@ const description =
   "for gracePeriodSeconds (never past the key's expiry, nor past a shorter expiresAt this rotation sets), then is " +
   "rejected everywhere. A revoked or unknown key is 404; an expired key is 409 (create a new one); a rotation that " +
   "races another is 409. A key rotating itself (`/current/rotate`) may keep or shorten its expiry but not move it " +
-  "later or remove it (403): only a JWT can.";
+  "later or remove it (403): only a JWT can. A previous value in its grace period cannot rotate the key (403).";
 
 const rotateSchema = (operationId: string, summary: string, params?: object) => ({
   operationId,
@@ -84,6 +84,11 @@ export default async function apiKeyRotationRoutes(app: FastifyInstance, { comma
     },
     async (request, reply) => {
       const auth = requireApiKey(request);
+      // A rotated-out value still in its grace period authenticates, but must never take the key over (nor is it
+      // a race the client could win by retrying): only the current value rotates the key.
+      if (auth.keyHash !== auth.key.key_hash) {
+        throw new ApiError(403, "Only the API key's current value can rotate it, not a value it was rotated from");
+      }
       const context = {
         now: new Date(),
         metadata: {
