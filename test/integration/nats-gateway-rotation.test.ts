@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import type { AddressInfo } from "node:net";
+import { hashKeyValue } from "@keyledger/domain";
 import { buildGateway, type Gateway } from "@keyledger/gateway";
 import { createVerifier, type Verifier } from "@keyledger/verifier";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
@@ -7,7 +8,8 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import Fastify, { type FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningApi, startApi, uniqueId } from "../support/api-harness";
-import { apiNatsOptions, testEventStream } from "../support/nats";
+import { eventsContaining } from "../support/database";
+import { apiNatsOptions, readStreamEvents, testEventStream } from "../support/nats";
 import { until } from "../support/until";
 
 /**
@@ -125,6 +127,56 @@ describe("gateway: rotation grace and membership changes over NATS", () => {
     const fresh = await rotate("instant", {});
     await until("old value rejected", async () => ((await viaGateway(old)) === 401 ? true : undefined));
     expect(await viaGateway(fresh)).toBe(200);
+  });
+
+  it("rotating twice ends the first value at once; a revocation in the grace period ends every value at once", async () => {
+    const { org, user, create, rotate } = await owner();
+    const first = await create("twice");
+    expect(await viaGateway(first)).toBe(200);
+    const second = await rotate("twice", { gracePeriodSeconds: 600 });
+    expect([await viaGateway(first), await viaGateway(second)]).toEqual([200, 200]); // both cached now
+    const third = await rotate("twice", { gracePeriodSeconds: 600 });
+    await until("first value rejected", async () => ((await viaGateway(first)) === 401 ? true : undefined));
+    expect([await viaGateway(second), await viaGateway(third)]).toEqual([200, 200]);
+    const deleted = await fetch(`${api.baseUrl}/api/api-keys/twice`, {
+      method: "DELETE",
+      headers: await api.jwtHeaders(user, org),
+    });
+    expect(deleted.status).toBe(204);
+    await until("every value rejected", async () => {
+      const statuses = [await viaGateway(first), await viaGateway(second), await viaGateway(third)];
+      return statuses.every((status) => status === 401) ? true : undefined;
+    });
+  });
+
+  it("KeyRotated names values by hash only, in the log and on NATS, whoever rotates", async () => {
+    const { org, create, rotate } = await owner();
+    const first = await create("secretive");
+    const second = await rotate("secretive", { gracePeriodSeconds: 60 });
+    const self = await fetch(`${api.baseUrl}/api/api-keys/current/rotate`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${second}`, "content-type": "application/json" },
+      body: JSON.stringify({ gracePeriodSeconds: 60 }),
+    });
+    expect(self.status).toBe(201);
+    const third = ((await self.json()) as { value: string }).value;
+    const messages = await until("both rotations on NATS", async () => {
+      const found = await readStreamEvents(stream.natsUrl, stream.streamName, `${stream.subjectPrefix}.${org}.*`);
+      return found.filter((m) => m.event?.type === "KeyRotated").length === 2 ? found : undefined;
+    });
+    const rotations = messages.filter((m) => m.event?.type === "KeyRotated").map((m) => m.event?.data);
+    expect(rotations).toMatchObject([
+      { keyHash: hashKeyValue(second), previousKeyHash: hashKeyValue(first), supersededKeyHash: null },
+      { keyHash: hashKeyValue(third), previousKeyHash: hashKeyValue(second), supersededKeyHash: hashKeyValue(first) },
+    ]);
+    const published = JSON.stringify(messages);
+    for (const value of [first, second, third]) {
+      // The random part alone too (a value written without its prefix or checksum is as good as the value).
+      for (const secret of [value, value.slice(4, 60)]) {
+        expect(published.includes(secret)).toBe(false);
+        expect(await eventsContaining(api.db, secret)).toEqual([]);
+      }
+    }
   });
 
   it("a membership update over NATS that removes a permission makes the gateway reject the keys holding it", async () => {
