@@ -20,7 +20,8 @@ const tags = ["api-keys"];
 const description =
   "keyledger extension of the Daytona contract: issues a new value for the key; the previous value keeps working " +
   "for gracePeriodSeconds (never past the key's expiry, nor past a shorter expiresAt this rotation sets), then is " +
-  "rejected everywhere. A revoked or unknown key is 404; an expired key is 409 (create a new one); a rotation that " +
+  "rejected everywhere. At most two values work at once: rotating again during a grace period ends the earlier " +
+  "previous value at once. A revoked or unknown key is 404; an expired key is 409 (create a new one); a rotation that " +
   "races another is 409. A key rotating itself (`/current/rotate`) may keep or shorten its expiry but not move it " +
   "later or remove it (403): only a JWT can. A previous value in its grace period cannot rotate the key (403).";
 
@@ -33,7 +34,15 @@ const rotateSchema = (operationId: string, summary: string, params?: object) => 
   headers: OrganizationHeaderSchema,
   ...(params ? { params } : {}),
   body: RotateApiKeySchema,
-  response: { 201: { ...ApiKeyResponseSchema, description: "API key rotated: the new value." }, ...errorResponses },
+  response: {
+    201: {
+      ...ApiKeyResponseSchema,
+      description:
+        "API key rotated: the new value, its createdAt the rotation's time (the key's list item keeps the key's " +
+        "creation time).",
+    },
+    ...errorResponses,
+  },
 });
 
 // The body is optional and validated by validateRotateApiKeyBody; the schema documents it.
