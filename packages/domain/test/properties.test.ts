@@ -162,7 +162,7 @@ type Step =
       expiresIn: number | null;
     }
   | { kind: "revoke" }
-  | { kind: "rotate"; grace: number; expiresIn: number | null | undefined }
+  | { kind: "rotate"; grace: number; expiresIn: number | null | undefined; mayExtendExpiry: boolean }
   | { kind: "use"; throttleMs: number };
 
 const grantorArb = fc.record({ role: fc.constantFrom<MemberRole>("owner", "member"), permissions: permissionList });
@@ -180,6 +180,7 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
     expiresIn: fc
       .option(fc.integer({ min: -10_000, max: 10_000_000 }), { nil: undefined })
       .chain((v) => (v === undefined ? fc.constantFrom<number | null | undefined>(undefined, null) : fc.constant(v))),
+    mayExtendExpiry: fc.boolean(),
   }),
   fc.record({ kind: fc.constant("use" as const), throttleMs: fc.integer({ min: 0, max: 100_000 }) }),
 );
@@ -216,7 +217,7 @@ function commandFor(step: Step, now: Date, index: number): ApiKeyCommand {
           maskedValue: "dtn********************111",
           gracePeriodSeconds: step.grace,
           expiresAt: step.expiresIn === undefined || step.expiresIn === null ? step.expiresIn : at(step.expiresIn),
-          mayExtendExpiry: true,
+          mayExtendExpiry: step.mayExtendExpiry,
           expectedKeyHash: undefined,
           now,
         },
@@ -310,13 +311,19 @@ describe("decide/evolve (properties)", () => {
               break;
             }
             case "RotateKey": {
-              const { gracePeriodSeconds: g, expiresAt } = command.data;
+              const { gracePeriodSeconds: g, expiresAt, mayExtendExpiry } = command.data;
+              const extendsExpiry =
+                before.status !== "absent" &&
+                before.expiresAt !== null &&
+                expiresAt !== undefined &&
+                (expiresAt === null || expiresAt.getTime() > Date.parse(before.expiresAt));
               const ok =
                 isKeyUsable(before, now) &&
                 Number.isInteger(g) &&
                 g >= 0 &&
                 g <= 604_800 &&
-                (expiresAt == null || expiresAt > now);
+                (expiresAt == null || expiresAt > now) &&
+                (mayExtendExpiry || !extendsExpiry);
               expect(events.length).toBe(ok ? 1 : 0);
               if (ok && before.status === "active" && after.status === "active") {
                 expect(after.keyId).toBe(before.keyId);
