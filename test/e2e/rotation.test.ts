@@ -194,7 +194,7 @@ describe("rotation with a grace window", () => {
     expect((await rotate("deploy/rotate", live.headers, {})).status).toBe(404);
   });
 
-  it("another user's key needs the owner role", async () => {
+  it("only the key's own user rotates it: a member gets Daytona's 403, an owner a 403 too (and may revoke it)", async () => {
     const { org, user, key } = await ownerWithKey();
     const member = uniqueId("member");
     await api.setMember(org, member, "member", ["write:sandboxes"]);
@@ -207,8 +207,18 @@ describe("rotation with a grace window", () => {
     const owner2 = uniqueId("owner");
     await api.setMember(org, owner2, "owner");
     const ownerHeaders = { ...(await api.jwtHeaders(owner2, org)), "content-type": "application/json" };
-    const allowed = await rotate(`${encodeURIComponent(user)}/deploy/rotate`, ownerHeaders, {});
-    expect(allowed.status).toBe(201);
+    const byOwner = await rotate(`${encodeURIComponent(user)}/deploy/rotate`, ownerHeaders, {});
+    expect(byOwner.status).toBe(403);
+    const refusal = (await byOwner.json()) as { message: string; value?: string };
+    expect(refusal.message).toBe(
+      "Only the key's own user can rotate it (its new value would be theirs): an owner can revoke it instead",
+    );
+    expect(refusal.value).toBeUndefined();
+    expect((await current(key.value)).status).toBe(200);
+    // The key's own user may, through either route.
+    const ownHeaders = { ...(await api.jwtHeaders(user, org)), "content-type": "application/json" };
+    const own = await rotate(`${encodeURIComponent(user)}/deploy/rotate`, ownHeaders, {});
+    expect(own.status).toBe(201);
     expect((await current(key.value)).status).toBe(401);
   });
 

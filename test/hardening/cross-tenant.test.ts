@@ -109,14 +109,15 @@ describe("cross-tenant isolation", () => {
     expect(own.status).toBe(200);
     expect(own.body).toMatchObject({ organizationId: orgB, userId: ownerB });
 
-    // A's user ids in the path address (nonexistent) keys of those users in B: 404, never A's key.
+    // A's user ids in the path address (nonexistent) keys of those users in B: 404, never A's key; a rotation of
+    // another user's key is refused before any lookup (403, as for a key of B's own members).
     for (const user of [ownerA, memberA1]) {
-      for (const [method, url] of [
-        ["DELETE", `/api/api-keys/${user}/shared`],
-        ["POST", `/api/api-keys/${user}/shared/rotate`],
+      for (const [method, url, status] of [
+        ["DELETE", `/api/api-keys/${user}/shared`, 404],
+        ["POST", `/api/api-keys/${user}/shared/rotate`, 403],
       ] as const) {
         const res = await call(method, url, asB, method === "POST" ? {} : undefined);
-        expect(res.status, `${method} ${url}: ${res.text}`).toBe(404);
+        expect(res.status, `${method} ${url}: ${res.text}`).toBe(status);
       }
     }
     expect(await eventsOf(orgA)).toBe(before);

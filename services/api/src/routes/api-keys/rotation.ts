@@ -22,7 +22,8 @@ const description =
   "for gracePeriodSeconds (never past the key's expiry, nor past a shorter expiresAt this rotation sets), then is " +
   "rejected everywhere. At most two values work at once: rotating again during a grace period ends the earlier " +
   "previous value at once. A revoked or unknown key is 404; an expired key is 409 (create a new one); a rotation that " +
-  "races another is 409. A key rotating itself (`/current/rotate`) may keep or shorten its expiry but not move it " +
+  "races another is 409. Only the key's own user rotates it: another user's id is 403, for an owner too (an owner " +
+  "may revoke that key, not take a value of it). A key rotating itself (`/current/rotate`) may keep or shorten its expiry but not move it " +
   "later or remove it (403): only a JWT can. A previous value in its grace period cannot rotate the key (403).";
 
 const rotateSchema = (operationId: string, summary: string, params?: object) => ({
@@ -137,7 +138,16 @@ export default async function apiKeyRotationRoutes(app: FastifyInstance, { comma
     async (request, reply) => {
       const auth = requireJwt(request);
       const { userId, name } = request.params as { userId: string; name: string };
-      if (userId !== auth.userId && auth.role !== "owner") throw new ApiError(403, "Incorrect user ID provided");
+      if (userId !== auth.userId) {
+        // Daytona's member check first; then, unlike a GET or DELETE for another user, an owner may not rotate
+        // another member's key: the new value would be the owner's to use as that member (gateways and the log
+        // would attribute its uses to the member). An owner revokes it instead, and the member creates a new one.
+        if (auth.role !== "owner") throw new ApiError(403, "Incorrect user ID provided");
+        throw new ApiError(
+          403,
+          "Only the key's own user can rotate it (its new value would be theirs): an owner can revoke it instead",
+        );
+      }
       const key = { organizationId: auth.organizationId, userId, name };
       return rotate(request, reply, key, jwtCommandContext(auth, request));
     },
