@@ -1,5 +1,6 @@
 import { isIP } from "node:net";
 import { invalidNatsServer, serverForLog } from "@keyledger/nats-bus";
+import { logLevelProblem } from "@keyledger/service-startup";
 
 /** Service configuration, parsed from an environment-shaped record. Only main.ts passes `process.env` here. */
 export type ApiConfig = {
@@ -259,14 +260,11 @@ export function parseApiConfig(env: Record<string, string | undefined>): ApiConf
   };
 }
 
-const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
-
-/** `LOG_LEVEL`: one of pino's levels (pino itself throws an error naming no variable at the first logger). */
+/** `LOG_LEVEL`: one of pino's levels. */
 function logLevel(env: Record<string, string | undefined>): string {
   const level = env.LOG_LEVEL || "info";
-  if (!LOG_LEVELS.includes(level)) {
-    throw new ConfigError("LOG_LEVEL", `must be one of ${LOG_LEVELS.join(", ")}, got "${level}"`);
-  }
+  const problem = logLevelProblem(level);
+  if (problem !== undefined) throw new ConfigError("LOG_LEVEL", problem);
   return level;
 }
 

@@ -1,7 +1,7 @@
-import { type AddressInfo, createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { runMigrations } from "@keyledger/event-store";
 import { PgNotificationListener, Projector } from "@keyledger/projections";
+import { hostProblem, probeListen } from "@keyledger/service-startup";
 import closeWithGrace from "close-with-grace";
 import { buildApp, LOG_REDACTIONS } from "./app";
 import { ConfigError, parseApiConfig } from "./config";
@@ -10,25 +10,6 @@ import { loadDevIssuer } from "./dev-issuer";
 
 /** Longest shutdown waits for the in-process projector's unit of work in progress. */
 const PROJECTOR_STOP_WAIT_MS = 5_000;
-
-/**
- * A free port on `host`, or why this machine cannot listen on it (node's error code): tried before anything else
- * starts, so that a bad `HOST` is refused naming it (node's own `getaddrinfo ENOTFOUND x` names no variable).
- */
-async function probeListen(host: string): Promise<{ port: number } | { error: string }> {
-  const probe = createServer();
-  try {
-    await new Promise<void>((resolve, reject) => {
-      probe.once("error", reject);
-      probe.listen(0, host, resolve);
-    });
-    return { port: (probe.address() as AddressInfo).port };
-  } catch (error) {
-    return { error: (error as NodeJS.ErrnoException).code ?? (error as Error).message };
-  } finally {
-    if (probe.listening) await new Promise((resolve) => probe.close(resolve));
-  }
-}
 
 /** The only place that reads the environment. */
 async function main() {
@@ -44,10 +25,7 @@ async function main() {
   }
   const probed = await probeListen(config.host);
   if ("error" in probed) {
-    process.stderr.write(
-      `keyledger: invalid configuration: HOST: cannot listen on "${config.host}" (${probed.error}): ` +
-        "must be an address of this machine or a name that resolves to one\n",
-    );
+    process.stderr.write(`keyledger: invalid configuration: ${hostProblem(config.host, probed.error)}\n`);
     process.exit(78);
   }
   // PORT=0 without PUBLIC_URL: the development issuer's URL (its tokens' `iss`) must name the port the API answers

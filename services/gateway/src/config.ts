@@ -1,4 +1,5 @@
 import { invalidNatsServer, serverForLog } from "@keyledger/nats-bus";
+import { logLevelProblem } from "@keyledger/service-startup";
 
 /** Gateway configuration, parsed from an environment-shaped record. Only main.ts passes `process.env` here. */
 export type GatewayConfig = {
@@ -82,14 +83,11 @@ function httpUrl(env: Env, name: string): string {
   return raw;
 }
 
-const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
-
-/** `LOG_LEVEL`: one of pino's levels (pino itself throws an error naming no variable at the first logger). */
+/** `LOG_LEVEL`: one of pino's levels. */
 function logLevel(env: Env): string {
   const level = env.LOG_LEVEL || "info";
-  if (!LOG_LEVELS.includes(level)) {
-    throw new GatewayConfigError("LOG_LEVEL", `must be one of ${LOG_LEVELS.join(", ")}, got "${level}"`);
-  }
+  const problem = logLevelProblem(level);
+  if (problem !== undefined) throw new GatewayConfigError("LOG_LEVEL", problem);
   return level;
 }
 

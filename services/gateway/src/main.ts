@@ -1,27 +1,8 @@
-import { createServer } from "node:net";
+import { hostProblem, probeListen } from "@keyledger/service-startup";
 import { createVerifier } from "@keyledger/verifier";
 import pino from "pino";
 import { GatewayConfigError, parseGatewayConfig } from "./config";
 import { buildGateway, GATEWAY_LOG_REDACTIONS } from "./gateway";
-
-/**
- * Why this machine cannot listen on `host` (node's error code), or undefined: tried on a free port before anything
- * else starts, so that a bad `HOST` is refused naming it (node's own `getaddrinfo ENOTFOUND x` names no variable).
- */
-async function cannotListenOn(host: string): Promise<string | undefined> {
-  const probe = createServer();
-  try {
-    await new Promise<void>((resolve, reject) => {
-      probe.once("error", reject);
-      probe.listen(0, host, resolve);
-    });
-    return undefined;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-  } finally {
-    if (probe.listening) probe.close();
-  }
-}
 
 /** The only place that reads the environment. */
 async function main() {
@@ -35,12 +16,9 @@ async function main() {
     }
     throw error;
   }
-  const hostError = await cannotListenOn(config.host);
-  if (hostError !== undefined) {
-    process.stderr.write(
-      `keyledger-gateway: invalid configuration: HOST: cannot listen on "${config.host}" (${hostError}): ` +
-        "must be an address of this machine or a name that resolves to one\n",
-    );
+  const probed = await probeListen(config.host);
+  if ("error" in probed) {
+    process.stderr.write(`keyledger-gateway: invalid configuration: ${hostProblem(config.host, probed.error)}\n`);
     process.exit(78);
   }
   const log = pino({ level: config.logLevel, redact: { paths: GATEWAY_LOG_REDACTIONS, censor: "[redacted]" } });

@@ -1,3 +1,4 @@
+import { logLevelProblem } from "@keyledger/service-startup";
 /** Projector configuration, parsed from an environment-shaped record. Only main.ts passes `process.env` here. */
 export type ProjectorConfig = {
   databaseUrl: string;
@@ -31,14 +32,11 @@ function integer(env: Record<string, string | undefined>, name: string, fallback
   return value;
 }
 
-const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
-
-/** `LOG_LEVEL`: one of pino's levels (pino itself throws an error naming no variable at the first logger). */
+/** `LOG_LEVEL`: one of pino's levels. */
 function logLevel(env: Record<string, string | undefined>): string {
   const level = env.LOG_LEVEL || "info";
-  if (!LOG_LEVELS.includes(level)) {
-    throw new ProjectorConfigError("LOG_LEVEL", `must be one of ${LOG_LEVELS.join(", ")}, got "${level}"`);
-  }
+  const problem = logLevelProblem(level);
+  if (problem !== undefined) throw new ProjectorConfigError("LOG_LEVEL", problem);
   return level;
 }
 

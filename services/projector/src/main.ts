@@ -1,6 +1,6 @@
-import { createServer } from "node:net";
 import { runMigrations } from "@keyledger/event-store";
 import { PgNotificationListener, Projector } from "@keyledger/projections";
+import { hostProblem, probeListen } from "@keyledger/service-startup";
 import { Kysely, PostgresDialect } from "kysely";
 import pg from "pg";
 import pino from "pino";
@@ -9,25 +9,6 @@ import { startHealthServer } from "./health-server";
 
 /** Longest SIGTERM/SIGINT waits for the unit of work in progress (a rebuild's batch or swap can take long). */
 const STOP_WAIT_MS = 5_000;
-
-/**
- * Why this machine cannot listen on `host` (node's error code), or undefined: tried on a free port before anything
- * else starts, so that a bad `HOST` is refused naming it (node's own `getaddrinfo ENOTFOUND x` names no variable).
- */
-async function cannotListenOn(host: string): Promise<string | undefined> {
-  const probe = createServer();
-  try {
-    await new Promise<void>((resolve, reject) => {
-      probe.once("error", reject);
-      probe.listen(0, host, resolve);
-    });
-    return undefined;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-  } finally {
-    if (probe.listening) probe.close();
-  }
-}
 
 /** The standalone projector (`pnpm run start:projector`). The only place that reads the environment. */
 async function main() {
@@ -41,11 +22,10 @@ async function main() {
     }
     throw error;
   }
-  const hostError = await cannotListenOn(config.health.host);
-  if (hostError !== undefined) {
+  const probed = await probeListen(config.health.host);
+  if ("error" in probed) {
     process.stderr.write(
-      `keyledger projector: invalid configuration: HOST: cannot listen on "${config.health.host}" (${hostError}): ` +
-        "must be an address of this machine or a name that resolves to one\n",
+      `keyledger projector: invalid configuration: ${hostProblem(config.health.host, probed.error)}\n`,
     );
     process.exit(78);
   }

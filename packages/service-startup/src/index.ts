@@ -1,0 +1,2 @@
+export * from "./listen-probe";
+export * from "./log-level";
