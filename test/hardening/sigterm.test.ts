@@ -100,10 +100,10 @@ describe("SIGTERM", () => {
     });
   }
 
-  it("stops accepting, finishes the request in flight, flushes KeyUsed, exits 0", async () => {
-    const { baseUrl, port } = await startService();
-    const org = uniqueId("sigterm-org");
-    const owner = uniqueId("sigterm-owner");
+  /** Makes a member owner of a new organization (internal route) and creates a key `name` with their JWT. */
+  async function ownerWithKey(baseUrl: string, prefix: string, name: string) {
+    const org = uniqueId(`${prefix}-org`);
+    const owner = uniqueId(`${prefix}-owner`);
     const member = await fetch(`${baseUrl}/internal/organizations/${org}/members/${owner}`, {
       method: "PUT",
       headers: { authorization: `Bearer ${INTERNAL_TOKEN}`, "content-type": "application/json" },
@@ -111,14 +111,19 @@ describe("SIGTERM", () => {
     });
     expect(member.status).toBe(204);
     const jwt = await issuer.token({ sub: owner });
-    const headers = { authorization: `Bearer ${jwt}`, "x-daytona-organization-id": org };
     const created = await fetch(`${baseUrl}/api/api-keys`, {
       method: "POST",
-      headers: { ...headers, "content-type": "application/json" },
-      body: JSON.stringify({ name: "used-at-shutdown", permissions: [] }),
+      headers: { authorization: `Bearer ${jwt}`, "x-daytona-organization-id": org, "content-type": "application/json" },
+      body: JSON.stringify({ name, permissions: [] }),
     });
     expect(created.status).toBe(201);
     const { value } = (await created.json()) as { value: string };
+    return { org, jwt, value };
+  }
+
+  it("stops accepting, finishes the request in flight, flushes KeyUsed, exits 0", async () => {
+    const { baseUrl, port } = await startService();
+    const { org, jwt, value } = await ownerWithKey(baseUrl, "sigterm", "used-at-shutdown");
 
     // A create whose body is still arriving when SIGTERM comes: headers sent, half the body held back.
     const body = JSON.stringify({ name: "in-flight", permissions: [] });
@@ -179,25 +184,7 @@ describe("SIGTERM", () => {
         NATS_STREAM: stream.streamName,
         NATS_SUBJECT_PREFIX: stream.subjectPrefix,
       });
-      const org = uniqueId("sigterm-nats-org");
-      const owner = uniqueId("sigterm-nats-owner");
-      const member = await fetch(`${baseUrl}/internal/organizations/${org}/members/${owner}`, {
-        method: "PUT",
-        headers: { authorization: `Bearer ${INTERNAL_TOKEN}`, "content-type": "application/json" },
-        body: JSON.stringify({ role: "owner", permissions: [] }),
-      });
-      expect(member.status).toBe(204);
-      const created = await fetch(`${baseUrl}/api/api-keys`, {
-        method: "POST",
-        headers: {
-          authorization: `Bearer ${await issuer.token({ sub: owner })}`,
-          "x-daytona-organization-id": org,
-          "content-type": "application/json",
-        },
-        body: JSON.stringify({ name: "used-before-the-hang", permissions: [] }),
-      });
-      expect(created.status).toBe(201);
-      const { value } = (await created.json()) as { value: string };
+      const { org, value } = await ownerWithKey(baseUrl, "sigterm-nats", "used-before-the-hang");
       await sleep(500); // the relay has published the creation and the connection is idle
 
       // The server hangs (SIGSTOP): connections stay open, nothing answers; the client notices only after its
@@ -231,25 +218,7 @@ describe("SIGTERM", () => {
     const blocker = new pg.Client({ connectionString: scratch.url });
     try {
       const { baseUrl, port } = await startService({ DATABASE_URL: scratch.url });
-      const org = uniqueId("sigterm-projector-org");
-      const owner = uniqueId("sigterm-projector-owner");
-      const member = await fetch(`${baseUrl}/internal/organizations/${org}/members/${owner}`, {
-        method: "PUT",
-        headers: { authorization: `Bearer ${INTERNAL_TOKEN}`, "content-type": "application/json" },
-        body: JSON.stringify({ role: "owner", permissions: [] }),
-      });
-      expect(member.status).toBe(204);
-      const created = await fetch(`${baseUrl}/api/api-keys`, {
-        method: "POST",
-        headers: {
-          authorization: `Bearer ${await issuer.token({ sub: owner })}`,
-          "x-daytona-organization-id": org,
-          "content-type": "application/json",
-        },
-        body: JSON.stringify({ name: "used-while-the-projector-works", permissions: [] }),
-      });
-      expect(created.status).toBe(201);
-      const { value } = (await created.json()) as { value: string };
+      const { org, value } = await ownerWithKey(baseUrl, "sigterm-projector", "used-while-the-projector-works");
 
       // The projector's unit of work takes long (here: it waits for a row lock on its own state, as it would wait
       // for a rebuild's batch or swap on a large log).
