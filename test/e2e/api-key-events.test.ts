@@ -16,6 +16,23 @@ type AuditItem = {
 };
 type Page = { items: AuditItem[]; nextCursor: string; hasMore: boolean };
 
+/** Creates a key through the API with the user's JWT; its value. */
+async function createKeyThrough(
+  api: RunningApi,
+  organizationId: string,
+  userId: string,
+  name: string,
+  permissions: string[],
+): Promise<string> {
+  const res = await fetch(`${api.baseUrl}/api/api-keys`, {
+    method: "POST",
+    headers: { ...(await api.jwtHeaders(userId, organizationId)), "content-type": "application/json" },
+    body: JSON.stringify({ name, permissions }),
+  });
+  expect(res.status).toBe(201);
+  return ((await res.json()) as { value: string }).value;
+}
+
 /** Collects the items of an event stream's `data:` lines until it ends (the server ends it, or the fetch aborts). */
 function collectEventStream(res: Response): { received: AuditItem[]; ended: Promise<void>; isEnded(): boolean } {
   const received: AuditItem[] = [];
@@ -74,15 +91,8 @@ describe("GET /api/api-key-events (the organization's audit log)", () => {
       if (!result.hasMore) return items;
     }
   };
-  const createKey = async (organizationId: string, userId: string, name: string, permissions: string[]) => {
-    const res = await fetch(`${api.baseUrl}/api/api-keys`, {
-      method: "POST",
-      headers: { ...(await api.jwtHeaders(userId, organizationId)), "content-type": "application/json" },
-      body: JSON.stringify({ name, permissions }),
-    });
-    expect(res.status).toBe(201);
-    return ((await res.json()) as { value: string }).value;
-  };
+  const createKey = (organizationId: string, userId: string, name: string, permissions: string[]) =>
+    createKeyThrough(api, organizationId, userId, name, permissions);
   /** Waits until the organization's log shows `count` events (the projector seals them after commit). */
   const sealed = (count: number) =>
     until(`${count} sealed events`, async () => {
@@ -282,15 +292,8 @@ describe("GET /api/api-key-events as an event stream: access is checked while it
     expect(res.status).toBe(200);
     return { ...collectEventStream(res), abort: () => controller.abort() };
   };
-  const createKey = async (userId: string, name: string, permissions: string[]) => {
-    const res = await fetch(`${api.baseUrl}/api/api-keys`, {
-      method: "POST",
-      headers: { ...(await api.jwtHeaders(userId, org)), "content-type": "application/json" },
-      body: JSON.stringify({ name, permissions }),
-    });
-    expect(res.status).toBe(201);
-    return ((await res.json()) as { value: string }).value;
-  };
+  const createKey = (userId: string, name: string, permissions: string[]) =>
+    createKeyThrough(api, org, userId, name, permissions);
   const arrives = (stream: Stream, name: string) =>
     until(
       `${name} on the stream`,
